@@ -1,0 +1,169 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/lestrrat-go/httprc/v3"
+	"github.com/lestrrat-go/jwx/v3/jwa"
+	"github.com/lestrrat-go/jwx/v3/jwk"
+	"github.com/lestrrat-go/jwx/v3/jws"
+	"github.com/lestrrat-go/jwx/v3/jwt"
+
+	"github.com/tetherhq/tether/jobs"
+)
+
+// User is the authenticated caller.
+type User struct {
+	ID    string
+	Admin bool
+}
+
+// Authenticator verifies JWTs: HS256 with a shared secret (development and
+// tests) and/or RS256/ES256 from an OIDC issuer's JWKS.
+type Authenticator struct {
+	hmacSecret []byte
+	issuer     string
+	audience   string
+	adminRole  string
+	keys       jwk.Set
+}
+
+// NewAuthenticator sets up verification. With an issuer it fetches the
+// issuer's discovery document once and keeps its JWKS fresh in the
+// background until ctx ends.
+func NewAuthenticator(ctx context.Context, cfg *Config) (*Authenticator, error) {
+	a := &Authenticator{hmacSecret: cfg.AuthHMACSecret, issuer: cfg.AuthIssuer, audience: cfg.AuthAudience, adminRole: cfg.AuthAdminRole}
+	if cfg.AuthIssuer == "" {
+		return a, nil
+	}
+	jwksURL, err := discoverJWKS(ctx, cfg.AuthIssuer)
+	if err != nil {
+		return nil, &ConfigError{Variable: "TETHER_AUTH_ISSUER", Problem: err.Error()}
+	}
+	cache, err := jwk.NewCache(ctx, httprc.NewClient())
+	if err != nil {
+		return nil, fmt.Errorf("error creating JWKS cache: %w", err)
+	}
+	if err := cache.Register(ctx, jwksURL); err != nil {
+		return nil, &ConfigError{Variable: "TETHER_AUTH_ISSUER", Problem: fmt.Sprintf("error fetching JWKS %s: %v", jwksURL, err)}
+	}
+	set, err := cache.CachedSet(jwksURL)
+	if err != nil {
+		return nil, fmt.Errorf("error using JWKS cache: %w", err)
+	}
+	a.keys = set
+	return a, nil
+}
+
+func discoverJWKS(ctx context.Context, issuer string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(issuer, "/")+"/.well-known/openid-configuration", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("error fetching OIDC discovery: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("OIDC discovery answered %s", resp.Status)
+	}
+	var doc struct {
+		Issuer  string `json:"issuer"`
+		JWKSURI string `json:"jwks_uri"`
+	}
+	if err := json.NewDecoder(http.MaxBytesReader(nil, resp.Body, 1<<20)).Decode(&doc); err != nil {
+		return "", fmt.Errorf("error decoding OIDC discovery: %w", err)
+	}
+	if strings.TrimSuffix(doc.Issuer, "/") != strings.TrimSuffix(issuer, "/") || doc.JWKSURI == "" {
+		return "", errors.New("OIDC discovery names another issuer or no jwks_uri")
+	}
+	return doc.JWKSURI, nil
+}
+
+var errBadToken = Errorf(EUNAUTHORIZED, "The bearer token is missing, malformed, expired or not signed by a trusted key.")
+
+// Authenticate verifies a raw JWT and returns its user.
+func (a *Authenticator) Authenticate(raw string) (*User, error) {
+	if raw == "" || len(raw) > 16<<10 {
+		return nil, errBadToken
+	}
+	var tok jwt.Token
+	var err error
+	// The algorithm is fixed by the key: "alg":"none" or an HS256 token
+	// signed with an RSA public key never verifies.
+	if a.keys != nil && !isHS256(raw) {
+		tok, err = jwt.Parse([]byte(raw),
+			jwt.WithKeySet(a.keys, jws.WithInferAlgorithmFromKey(true)),
+			jwt.WithIssuer(a.issuer), jwt.WithAudience(a.audience),
+			jwt.WithRequiredClaim("exp"), jwt.WithAcceptableSkew(30*time.Second))
+	} else if a.hmacSecret != nil {
+		tok, err = jwt.Parse([]byte(raw), jwt.WithKey(jwa.HS256(), a.hmacSecret),
+			jwt.WithRequiredClaim("exp"), jwt.WithAcceptableSkew(30*time.Second))
+	} else {
+		return nil, errBadToken
+	}
+	if err != nil {
+		return nil, errBadToken
+	}
+	sub, ok := tok.Subject()
+	if !ok || sub == "" || len(sub) > jobs.MaxUserIDLen || !utf8.ValidString(sub) {
+		return nil, errBadToken
+	}
+	return &User{ID: sub, Admin: a.hasRole(tok)}, nil
+}
+
+func isHS256(raw string) bool {
+	msg, err := jws.Parse([]byte(raw))
+	if err != nil || len(msg.Signatures()) != 1 {
+		return false
+	}
+	alg, ok := msg.Signatures()[0].ProtectedHeaders().Algorithm()
+	return ok && alg == jwa.HS256()
+}
+
+func (a *Authenticator) hasRole(tok jwt.Token) bool {
+	var roles []string
+	if err := tok.Get("roles", &roles); err == nil && slices.Contains(roles, a.adminRole) {
+		return true
+	}
+	var realm struct {
+		Roles []string `json:"roles"`
+	}
+	var raw map[string]any
+	if err := tok.Get("realm_access", &raw); err == nil {
+		b, _ := json.Marshal(raw)
+		if json.Unmarshal(b, &realm) == nil && slices.Contains(realm.Roles, a.adminRole) {
+			return true
+		}
+	}
+	return false
+}
+
+// SignDevToken makes an HS256 token for development (tether token).
+func SignDevToken(secret []byte, sub string, roles []string, ttl time.Duration) (string, error) {
+	tok, err := jwt.NewBuilder().Subject(sub).IssuedAt(time.Now()).Expiration(time.Now().Add(ttl)).Build()
+	if err != nil {
+		return "", fmt.Errorf("error building token: %w", err)
+	}
+	if len(roles) > 0 {
+		if err := tok.Set("roles", roles); err != nil {
+			return "", fmt.Errorf("error setting roles: %w", err)
+		}
+	}
+	signed, err := jwt.Sign(tok, jwt.WithKey(jwa.HS256(), secret))
+	if err != nil {
+		return "", fmt.Errorf("error signing token: %w", err)
+	}
+	return string(signed), nil
+}

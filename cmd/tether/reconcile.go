@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tetherhq/tether/app"
+	"github.com/tetherhq/tether/jobs"
+)
+
+func runReconcile(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("reconcile", stderr)
+	dryRun := fs.Bool("dry-run", false, "report drift without repairing it (exit 2 when there is some)")
+	output := fs.String("output", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *output != "text" && *output != "json" {
+		return &exitError{code: 2, err: fmt.Errorf("reconcile: --output must be text or json")}
+	}
+	cfg, err := app.LoadConfig(getenv, app.ScopeDatabase)
+	if err != nil {
+		return err
+	}
+	pool, spice, err := connect(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	defer spice.Close()
+	if err := checkMigrations(ctx, pool); err != nil {
+		return err
+	}
+	logger := newLogger(stderr, cfg.LogLevel)
+	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: cfg.RetryMaxBackoff}
+	// Insert-only: repairs that raced a change hand the key to the workers.
+	_, enqueuer, err := jobs.NewClient(pool, syncer, jobs.ClientConfig{
+		Work: false, FetchCooldown: cfg.FetchCooldown, FetchPollInterval: cfg.FetchPollInterval,
+		JobTimeout: cfg.JobTimeout, RescueStuckJobsAfter: cfg.RescueStuckJobsAfter, Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	var progress func(string, int64)
+	if *output == "text" {
+		last := time.Time{}
+		progress = func(phase string, done int64) {
+			if time.Since(last) > time.Second {
+				fmt.Fprintf(stderr, "%s: %d\n", phase, done)
+				last = time.Now()
+			}
+		}
+	}
+	report, err := jobs.NewReconciler(syncer, enqueuer).Run(ctx, jobs.ReconcileOpts{DryRun: *dryRun, Progress: progress})
+	if err != nil {
+		return err
+	}
+	if *output == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(report); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(tw, "schema\t%s\n", report.Schema)
+		fmt.Fprintf(tw, "desired (postgres)\t%d\n", report.Desired)
+		fmt.Fprintf(tw, "actual (spicedb)\t%d\n", report.Actual)
+		fmt.Fprintf(tw, "missing\t%d\n", report.Missing)
+		fmt.Fprintf(tw, "extra\t%d\n", report.Extra)
+		fmt.Fprintf(tw, "pending (change in flight)\t%d\n", report.Pending)
+		fmt.Fprintf(tw, "repaired\t%d\n", report.Repaired)
+		fmt.Fprintf(tw, "requeued keys\t%d\n", report.Requeued)
+		fmt.Fprintf(tw, "duration\t%s\n", report.Duration.Round(time.Millisecond))
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	if *dryRun && (report.Drift() > 0 || report.Schema != jobs.SchemaCurrent.String()) {
+		return &exitError{code: 2, err: fmt.Errorf("drift found: %d missing, %d extra, schema %s", report.Missing, report.Extra, report.Schema)}
+	}
+	return nil
+}

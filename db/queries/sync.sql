@@ -1,0 +1,79 @@
+-- name: SyncBump :one
+-- Marks a key as changed: a new generation from the global sequence, and the
+-- time of the oldest change not yet applied. Call it in the transaction that
+-- makes the change, next to the InsertTx of the key's job.
+INSERT INTO sync_state (kind, key_id, provider_id, user_id, resource_pool_id, generation,
+                        changed_at, pending_since, revoke_pending_since)
+VALUES (@kind, @key_id, sqlc.narg('provider_id'), sqlc.narg('user_id'), sqlc.narg('resource_pool_id'),
+        nextval('sync_generation_seq'), now(), now(), CASE WHEN @revoke::boolean THEN now() END)
+ON CONFLICT (kind, key_id) DO UPDATE SET
+    generation = EXCLUDED.generation,
+    changed_at = now(),
+    pending_since = COALESCE(sync_state.pending_since, now()),
+    revoke_pending_since = CASE WHEN @revoke::boolean THEN COALESCE(sync_state.revoke_pending_since, now())
+                                ELSE sync_state.revoke_pending_since END
+RETURNING generation;
+
+-- name: SyncConnectionDesired :one
+-- One statement, so the generation and the state it describes come from one
+-- snapshot.
+SELECT
+    COALESCE((SELECT s.generation FROM sync_state s WHERE s.kind = 'connection' AND s.key_id = @key_id), 0)::bigint AS generation,
+    EXISTS (SELECT 1 FROM oauth2_connections c
+            WHERE c.provider_id = @provider_id AND c.user_id = @user_id AND c.status = 'connected') AS connected;
+
+-- name: SyncPoolDesired :one
+SELECT
+    COALESCE((SELECT s.generation FROM sync_state s WHERE s.kind = 'pool' AND s.key_id = @key_id), 0)::bigint AS generation,
+    (p.id IS NOT NULL)::boolean AS pool_exists,
+    COALESCE(p.public, false)::boolean AS public,
+    p.remote_provider_id,
+    COALESCE((SELECT array_agg(tether_subject_id(v.user_id) ORDER BY 1) FROM resource_pool_viewers v
+              WHERE v.resource_pool_id = @resource_pool_id), '{}')::text[] AS viewer_subject_ids
+FROM (SELECT 1) AS one
+LEFT JOIN resource_pools p ON p.id = @resource_pool_id;
+
+-- name: SyncFence :execrows
+-- Records that generation @generation is applied, but only if no change to the
+-- key committed since the worker read it. Zero rows: read again and rewrite.
+UPDATE sync_state SET
+    applied_generation = generation,
+    applied_at = now(),
+    zedtoken = @zedtoken,
+    pending_since = NULL,
+    revoke_pending_since = NULL,
+    last_error = NULL,
+    last_error_at = NULL,
+    stalled = false
+WHERE kind = @kind AND key_id = @key_id AND generation = @generation;
+
+-- name: SyncRecordError :exec
+UPDATE sync_state SET last_error = @last_error, last_error_at = now(), stalled = @stalled
+WHERE kind = @kind AND key_id = @key_id;
+
+-- name: SyncGet :one
+SELECT * FROM sync_state WHERE kind = @kind AND key_id = @key_id;
+
+-- name: SyncOldestPending :one
+SELECT COALESCE(extract(epoch FROM now() - min(pending_since)), 0)::float8 AS oldest_pending_age_seconds,
+       COALESCE(extract(epoch FROM now() - min(revoke_pending_since)), 0)::float8 AS oldest_revoke_pending_age_seconds,
+       count(*) FILTER (WHERE pending_since IS NOT NULL) AS pending_keys,
+       count(*) FILTER (WHERE stalled) AS stalled_keys
+FROM sync_state;
+
+-- name: SyncStalledList :many
+SELECT kind, key_id, provider_id, user_id, resource_pool_id FROM sync_state
+WHERE stalled OR pending_since < now() - @older_than::interval
+ORDER BY kind, key_id
+LIMIT @max_rows;
+
+-- name: SyncGenerationsChanged :many
+-- The keys among the given ones whose generation is no longer what the
+-- reconciler saw in its snapshot.
+WITH k AS (
+    SELECT unnest(@kinds::text[]) AS kind, unnest(@key_ids::text[]) AS key_id, unnest(@generations::bigint[]) AS generation
+)
+SELECT k.kind::text AS kind, k.key_id::text AS key_id
+FROM k
+LEFT JOIN sync_state s ON s.kind = k.kind AND s.key_id = k.key_id
+WHERE COALESCE(s.generation, 0) <> k.generation;

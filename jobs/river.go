@@ -1,0 +1,92 @@
+package jobs
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+)
+
+// ClientConfig tunes the River client that carries the outbox.
+type ClientConfig struct {
+	// Work says whether this client works jobs (role worker or all) or only
+	// inserts them (role api).
+	Work       bool
+	MaxWorkers int
+	// FetchCooldown and FetchPollInterval bound pickup latency. River's
+	// defaults (100 ms, 1 s) cap it near 100 ms; every client, including
+	// insert-only ones (they send the wake-up), should use the same values.
+	FetchCooldown     time.Duration
+	FetchPollInterval time.Duration
+	JobTimeout        time.Duration
+	// RescueStuckJobsAfter is how long a job may stay running before the
+	// leader assumes its worker died and retries it.
+	RescueStuckJobsAfter time.Duration
+	ReconcileInterval    time.Duration // 0 disables the periodic reconcile
+	Logger               *slog.Logger
+}
+
+// DefaultClientConfig are the production defaults.
+func DefaultClientConfig() ClientConfig {
+	return ClientConfig{
+		Work:                 true,
+		MaxWorkers:           100,
+		FetchCooldown:        5 * time.Millisecond,
+		FetchPollInterval:    50 * time.Millisecond,
+		JobTimeout:           30 * time.Second,
+		RescueStuckJobsAfter: 2 * time.Minute,
+		ReconcileInterval:    10 * time.Minute,
+	}
+}
+
+// NewClient builds the River client with every Tether worker registered (a
+// leader must know every kind, or it discards their stuck jobs).
+func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (*river.Client[pgx.Tx], *Enqueuer, error) {
+	if cfg.RescueStuckJobsAfter <= cfg.JobTimeout {
+		return nil, nil, fmt.Errorf("rescue time %s must exceed the job timeout %s, or running jobs are rescued while they run",
+			cfg.RescueStuckJobsAfter, cfg.JobTimeout)
+	}
+	enqueuer := &Enqueuer{}
+	workers := river.NewWorkers()
+	river.AddWorker(workers, &ConnectionWorker{Syncer: syncer})
+	river.AddWorker(workers, &PoolWorker{Syncer: syncer})
+	reconciler := &Reconciler{Syncer: syncer, Enqueuer: enqueuer}
+	river.AddWorker(workers, &ReconcileWorker{Reconciler: reconciler})
+
+	rc := &river.Config{
+		FetchCooldown:        cfg.FetchCooldown,
+		FetchPollInterval:    cfg.FetchPollInterval,
+		JobTimeout:           cfg.JobTimeout,
+		RescueStuckJobsAfter: cfg.RescueStuckJobsAfter,
+		Logger:               cfg.Logger,
+		MaxAttempts:          maxSyncAttempts,
+		Workers:              workers,
+	}
+	if cfg.Work {
+		rc.Queues = map[string]river.QueueConfig{river.QueueDefault: {
+			MaxWorkers: cfg.MaxWorkers, FetchCooldown: cfg.FetchCooldown, FetchPollInterval: cfg.FetchPollInterval,
+		}}
+		if cfg.ReconcileInterval > 0 {
+			rc.PeriodicJobs = []*river.PeriodicJob{river.NewPeriodicJob(
+				river.PeriodicInterval(cfg.ReconcileInterval),
+				func() (river.JobArgs, *river.InsertOpts) { return ReconcileArgs{}, nil },
+				&river.PeriodicJobOpts{ID: "tether.reconcile"},
+			)}
+		}
+	}
+	client, err := river.NewClient(riverpgxv5.New(db), rc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("error creating River client: %w", err)
+	}
+	enqueuer.River = client
+	return client, enqueuer, nil
+}
+
+// NewReconciler builds a reconciler for one-off use (the CLI).
+func NewReconciler(syncer *Syncer, enqueuer *Enqueuer) *Reconciler {
+	return &Reconciler{Syncer: syncer, Enqueuer: enqueuer}
+}

@@ -1,0 +1,342 @@
+package jobs
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
+	"github.com/authzed/authzed-go/v1"
+	"github.com/authzed/grpcutil"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+// Schema is the SpiceDB schema of the contract: indirection, not fan-out. One
+// relationship per connection (oauth2_client#connected) and one per pool link
+// (resource_pool#provider).
+const Schema = `definition user {}
+
+definition oauth2_client {
+    relation connected: user
+}
+
+definition resource_pool {
+    relation viewer: user | user:*
+    relation provider: oauth2_client
+    permission view = viewer + provider->connected
+}
+`
+
+// Object types and relations of Schema.
+const (
+	TypeUser         = "user"
+	TypeOAuth2Client = "oauth2_client"
+	TypeResourcePool = "resource_pool"
+	RelConnected     = "connected"
+	RelViewer        = "viewer"
+	RelProvider      = "provider"
+	PermissionView   = "view"
+	Wildcard         = "*"
+)
+
+// MaxUpdatesPerWrite is SpiceDB's default limit of updates in one
+// WriteRelationships call.
+const MaxUpdatesPerWrite = 1000
+
+// SpiceDBConfig says how to reach SpiceDB.
+type SpiceDBConfig struct {
+	Endpoint string
+	Token    string
+	Insecure bool
+	// DialOptions are added last; tests use them to inject faults.
+	DialOptions []grpc.DialOption
+}
+
+// SpiceDB is Tether's client of SpiceDB: the projection it writes.
+type SpiceDB struct {
+	client *authzed.Client
+}
+
+// NewSpiceDB connects lazily (gRPC dials on first use).
+func NewSpiceDB(cfg SpiceDBConfig) (*SpiceDB, error) {
+	opts := []grpc.DialOption{}
+	if cfg.Insecure {
+		opts = append(opts,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpcutil.WithInsecureBearerToken(cfg.Token))
+	} else {
+		certs, err := grpcutil.WithSystemCerts(grpcutil.VerifyCA)
+		if err != nil {
+			return nil, fmt.Errorf("error loading system certificates: %w", err)
+		}
+		opts = append(opts, certs, grpcutil.WithBearerToken(cfg.Token))
+	}
+	opts = append(opts, cfg.DialOptions...)
+	client, err := authzed.NewClient(cfg.Endpoint, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("error creating SpiceDB client for %q: %w", cfg.Endpoint, err)
+	}
+	return &SpiceDB{client: client}, nil
+}
+
+// Client exposes the underlying client for reads (checks, lookups) in tests and tools.
+func (s *SpiceDB) Client() *authzed.Client { return s.client }
+
+// Close closes the connection.
+func (s *SpiceDB) Close() error { return s.client.Close() }
+
+var fullyConsistent = &v1.Consistency{Requirement: &v1.Consistency_FullyConsistent{FullyConsistent: true}}
+
+// SchemaState reports whether SpiceDB holds exactly Tether's schema.
+type SchemaState int
+
+const (
+	SchemaCurrent SchemaState = iota
+	SchemaMissing
+	SchemaDifferent
+)
+
+func (s SchemaState) String() string {
+	switch s {
+	case SchemaCurrent:
+		return "current"
+	case SchemaMissing:
+		return "missing"
+	default:
+		return "different"
+	}
+}
+
+// CheckSchema compares SpiceDB's schema with Schema, ignoring white space.
+func (s *SpiceDB) CheckSchema(ctx context.Context) (SchemaState, error) {
+	resp, err := s.client.ReadSchema(ctx, &v1.ReadSchemaRequest{})
+	if err != nil {
+		if status.Code(err) == codes.NotFound {
+			return SchemaMissing, nil
+		}
+		return 0, fmt.Errorf("error reading SpiceDB schema: %w", err)
+	}
+	if normalizeSchema(resp.GetSchemaText()) == normalizeSchema(Schema) {
+		return SchemaCurrent, nil
+	}
+	return SchemaDifferent, nil
+}
+
+func normalizeSchema(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// WriteSchema writes Schema.
+func (s *SpiceDB) WriteSchema(ctx context.Context) error {
+	if _, err := s.client.WriteSchema(ctx, &v1.WriteSchemaRequest{Schema: Schema}); err != nil {
+		return fmt.Errorf("error writing SpiceDB schema: %w", err)
+	}
+	return nil
+}
+
+// Relationship is one SpiceDB relationship in Tether's flat form (subjects
+// never carry a relation in Tether's schema).
+type Relationship struct {
+	ResourceType string
+	ResourceID   string
+	Relation     string
+	SubjectType  string
+	SubjectID    string
+}
+
+func (r Relationship) String() string {
+	return r.ResourceType + ":" + r.ResourceID + "#" + r.Relation + "@" + r.SubjectType + ":" + r.SubjectID
+}
+
+func compareRelationships(a, b Relationship) int {
+	return cmp.Or(
+		cmp.Compare(a.ResourceType, b.ResourceType),
+		cmp.Compare(a.ResourceID, b.ResourceID),
+		cmp.Compare(a.Relation, b.Relation),
+		cmp.Compare(a.SubjectType, b.SubjectType),
+		cmp.Compare(a.SubjectID, b.SubjectID),
+	)
+}
+
+func (r Relationship) proto() *v1.Relationship {
+	return &v1.Relationship{
+		Resource: &v1.ObjectReference{ObjectType: r.ResourceType, ObjectId: r.ResourceID},
+		Relation: r.Relation,
+		Subject:  &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: r.SubjectType, ObjectId: r.SubjectID}},
+	}
+}
+
+func relationshipFromProto(r *v1.Relationship) Relationship {
+	return Relationship{
+		ResourceType: r.GetResource().GetObjectType(),
+		ResourceID:   r.GetResource().GetObjectId(),
+		Relation:     r.GetRelation(),
+		SubjectType:  r.GetSubject().GetObject().GetObjectType(),
+		SubjectID:    r.GetSubject().GetObject().GetObjectId(),
+	}
+}
+
+// Update is a TOUCH (Delete false) or DELETE of one relationship.
+type Update struct {
+	Relationship Relationship
+	Delete       bool
+}
+
+// Write applies updates in calls of at most MaxUpdatesPerWrite, sorted (so
+// concurrent writers take SpiceDB's row locks in one order and never
+// deadlock) and with each relationship at most once (SpiceDB refuses a
+// request that names a relationship twice; the last update wins). It returns
+// the ZedToken of the last call. TOUCH and DELETE are idempotent, so a failed
+// call can simply be retried.
+func (s *SpiceDB) Write(ctx context.Context, updates []Update) (string, error) {
+	updates = normalizeUpdates(updates)
+	var token string
+	for chunk := range slices.Chunk(updates, MaxUpdatesPerWrite) {
+		req := &v1.WriteRelationshipsRequest{Updates: make([]*v1.RelationshipUpdate, len(chunk))}
+		for i, u := range chunk {
+			op := v1.RelationshipUpdate_OPERATION_TOUCH
+			if u.Delete {
+				op = v1.RelationshipUpdate_OPERATION_DELETE
+			}
+			req.Updates[i] = &v1.RelationshipUpdate{Operation: op, Relationship: u.Relationship.proto()}
+		}
+		resp, err := s.client.WriteRelationships(ctx, req)
+		if err != nil {
+			return "", fmt.Errorf("error writing %d relationships to SpiceDB: %w", len(chunk), err)
+		}
+		token = resp.GetWrittenAt().GetToken()
+	}
+	return token, nil
+}
+
+func normalizeUpdates(updates []Update) []Update {
+	sorted := slices.Clone(updates)
+	// Stable, so that among updates of one relationship the last one given
+	// stays last and wins below.
+	slices.SortStableFunc(sorted, func(a, b Update) int { return compareRelationships(a.Relationship, b.Relationship) })
+	out := sorted[:0]
+	for _, u := range sorted {
+		if n := len(out); n > 0 && out[n-1].Relationship == u.Relationship {
+			out[n-1] = u
+			continue
+		}
+		out = append(out, u)
+	}
+	return out
+}
+
+// ReadResource returns every relationship of one resource, fully consistent.
+func (s *SpiceDB) ReadResource(ctx context.Context, resourceType, resourceID string) ([]Relationship, error) {
+	stream, err := s.client.ReadRelationships(ctx, &v1.ReadRelationshipsRequest{
+		Consistency:        fullyConsistent,
+		RelationshipFilter: &v1.RelationshipFilter{ResourceType: resourceType, OptionalResourceId: resourceID},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("error reading relationships of %s:%s: %w", resourceType, resourceID, err)
+	}
+	var rels []Relationship
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return rels, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("error reading relationships of %s:%s: %w", resourceType, resourceID, err)
+		}
+		rels = append(rels, relationshipFromProto(resp.GetRelationship()))
+	}
+}
+
+// Export streams every relationship, fully consistent, a page at a time. The
+// page slice is reused between calls of fn.
+func (s *SpiceDB) Export(ctx context.Context, fn func(page []Relationship) error) error {
+	stream, err := s.client.ExportBulkRelationships(ctx, &v1.ExportBulkRelationshipsRequest{
+		Consistency:   fullyConsistent,
+		OptionalLimit: 10_000,
+	})
+	if err != nil {
+		return fmt.Errorf("error exporting relationships: %w", err)
+	}
+	var page []Relationship
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("error exporting relationships: %w", err)
+		}
+		page = page[:0]
+		for _, r := range resp.GetRelationships() {
+			page = append(page, relationshipFromProto(r))
+		}
+		if err := fn(page); err != nil {
+			return err
+		}
+	}
+}
+
+// IsTransient reports whether a SpiceDB error is worth retrying: the server
+// was unreachable, overloaded, timed out, or hit a conflict. TOUCH and DELETE
+// are idempotent, so retrying after a write that did land is harmless.
+func IsTransient(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	st, ok := status.FromError(unwrapStatus(err))
+	if !ok {
+		return true // a network error without a gRPC status
+	}
+	switch st.Code() {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted, codes.Internal, codes.Unknown:
+		return true
+	}
+	return false
+}
+
+// unwrapStatus finds the gRPC status error in a chain of wrapped errors.
+func unwrapStatus(err error) error {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if _, ok := e.(interface{ GRPCStatus() *status.Status }); ok {
+			return e
+		}
+	}
+	return err
+}
+
+// IsSchemaMissing reports whether SpiceDB refused a call because it does not
+// know Tether's definitions, as after a store was wiped.
+func IsSchemaMissing(err error) bool {
+	st, ok := status.FromError(unwrapStatus(err))
+	if !ok {
+		return false
+	}
+	if st.Code() == codes.NotFound {
+		return true
+	}
+	msg := st.Message()
+	return st.Code() == codes.FailedPrecondition &&
+		(strings.Contains(msg, "not found") || strings.Contains(msg, "definition"))
+}
+
+// ScrubError renders an error for storage and display: the gRPC code and a
+// bounded message. SpiceDB and Postgres errors carry no credentials, but they
+// are bounded anyway so a runaway message cannot fill a row.
+func ScrubError(err error) string {
+	if err == nil {
+		return ""
+	}
+	msg := err.Error()
+	if st, ok := status.FromError(unwrapStatus(err)); ok {
+		msg = st.Code().String() + ": " + st.Message()
+	}
+	if len(msg) > 300 {
+		msg = msg[:300] + "…"
+	}
+	return msg
+}

@@ -1,0 +1,294 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+
+	"github.com/tetherhq/tether/db/dbsqlc"
+)
+
+// Job priorities: revocations never wait behind grants (River fetches by
+// priority first).
+const (
+	PriorityRevoke = 1
+	PriorityGrant  = 2
+)
+
+// maxSyncAttempts is effectively unlimited: a transient SpiceDB outage must
+// never exhaust a sync job. Permanent errors cancel the job instead.
+const maxSyncAttempts = 100_000
+
+// Sync key kinds, as stored in sync_state.kind.
+const (
+	KeyKindConnection = "connection"
+	KeyKindPool       = "pool"
+)
+
+// SyncConnectionArgs names the sync key of one user's connection to one
+// provider. Ids only: never a token or a secret.
+type SyncConnectionArgs struct {
+	ProviderID string `json:"provider_id"`
+	UserID     string `json:"user_id"`
+}
+
+func (SyncConnectionArgs) Kind() string { return "tether.sync_connection" }
+
+func (SyncConnectionArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{MaxAttempts: maxSyncAttempts, Priority: PriorityGrant}
+}
+
+// SyncPoolArgs names the sync key of one resource pool.
+type SyncPoolArgs struct {
+	ResourcePoolID int64 `json:"resource_pool_id"`
+}
+
+func (SyncPoolArgs) Kind() string { return "tether.sync_pool" }
+
+func (SyncPoolArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{MaxAttempts: maxSyncAttempts, Priority: PriorityGrant}
+}
+
+// Backoff is the retry delay after attempt n (1-based): 100 ms doubling up to
+// max, with jitter over the upper half so that retries after an outage do not
+// arrive in lockstep.
+func Backoff(attempt int, max time.Duration) time.Duration {
+	d := 100 * time.Millisecond
+	for i := 1; i < attempt && d < max; i++ {
+		d *= 2
+	}
+	d = min(d, max)
+	return d/2 + rand.N(d/2+1)
+}
+
+// Enqueuer marks sync keys as changed and inserts their jobs, inside the
+// caller's transaction (the transactional outbox).
+type Enqueuer struct {
+	River *river.Client[pgx.Tx]
+}
+
+// Connection marks the connection key (providerID, userID) changed. revoke
+// says the change may remove access, which puts its job ahead of grants.
+func (e *Enqueuer) Connection(ctx context.Context, tx pgx.Tx, providerID, userID string, revoke bool) error {
+	return e.Connections(ctx, tx, providerID, []string{userID}, revoke)
+}
+
+// Connections marks several connection keys of one provider changed.
+func (e *Enqueuer) Connections(ctx context.Context, tx pgx.Tx, providerID string, userIDs []string, revoke bool) error {
+	if len(userIDs) == 0 {
+		return nil
+	}
+	q := dbsqlc.New()
+	params := make([]river.InsertManyParams, 0, len(userIDs))
+	for _, userID := range userIDs {
+		if _, err := q.SyncBump(ctx, tx, &dbsqlc.SyncBumpParams{
+			Kind: KeyKindConnection, KeyID: ConnectionKeyID(providerID, userID),
+			ProviderID: &providerID, UserID: &userID, Revoke: revoke,
+		}); err != nil {
+			return fmt.Errorf("error marking connection key changed: %w", err)
+		}
+		params = append(params, river.InsertManyParams{
+			Args:       SyncConnectionArgs{ProviderID: providerID, UserID: userID},
+			InsertOpts: &river.InsertOpts{Priority: priority(revoke)},
+		})
+	}
+	if _, err := e.River.InsertManyTx(ctx, tx, params); err != nil {
+		return fmt.Errorf("error inserting connection sync jobs: %w", err)
+	}
+	return nil
+}
+
+// Pool marks the pool key changed.
+func (e *Enqueuer) Pool(ctx context.Context, tx pgx.Tx, poolID int64, revoke bool) error {
+	keyID := fmt.Sprint(poolID)
+	if _, err := dbsqlc.New().SyncBump(ctx, tx, &dbsqlc.SyncBumpParams{
+		Kind: KeyKindPool, KeyID: keyID, ResourcePoolID: &poolID, Revoke: revoke,
+	}); err != nil {
+		return fmt.Errorf("error marking pool key changed: %w", err)
+	}
+	if _, err := e.River.InsertTx(ctx, tx, SyncPoolArgs{ResourcePoolID: poolID}, &river.InsertOpts{Priority: priority(revoke)}); err != nil {
+		return fmt.Errorf("error inserting pool sync job: %w", err)
+	}
+	return nil
+}
+
+func priority(revoke bool) int {
+	if revoke {
+		return PriorityRevoke
+	}
+	return PriorityGrant
+}
+
+// Syncer holds what the sync workers share.
+type Syncer struct {
+	DB         *pgxpool.Pool
+	SpiceDB    *SpiceDB
+	Logger     *slog.Logger
+	MaxBackoff time.Duration
+	Metrics    *Metrics
+}
+
+// ConnectionWorker applies a connection key:
+// oauth2_client:P#connected@user:U holds iff U's connection to P is connected.
+type ConnectionWorker struct {
+	river.WorkerDefaults[SyncConnectionArgs]
+	*Syncer
+}
+
+func (w *ConnectionWorker) NextRetry(job *river.Job[SyncConnectionArgs]) time.Time {
+	return time.Now().Add(Backoff(job.Attempt, w.MaxBackoff))
+}
+
+func (w *ConnectionWorker) Work(ctx context.Context, job *river.Job[SyncConnectionArgs]) error {
+	args := job.Args
+	keyID := ConnectionKeyID(args.ProviderID, args.UserID)
+	rel := Relationship{TypeOAuth2Client, args.ProviderID, RelConnected, TypeUser, SubjectID(args.UserID)}
+	return runFenced(ctx, w.Syncer, job, KeyKindConnection, keyID, func(ctx context.Context) (int64, []Update, error) {
+		desired, err := dbsqlc.New().SyncConnectionDesired(ctx, w.DB, &dbsqlc.SyncConnectionDesiredParams{
+			KeyID: keyID, ProviderID: args.ProviderID, UserID: args.UserID,
+		})
+		if err != nil {
+			return 0, nil, fmt.Errorf("error reading connection state: %w", err)
+		}
+		return desired.Generation, []Update{{Relationship: rel, Delete: !desired.Connected}}, nil
+	})
+}
+
+// PoolWorker applies a pool key: resource_pool:R#provider to its linked
+// provider, #viewer@user:* when public, #viewer for each manual viewer, and
+// nothing else on R.
+type PoolWorker struct {
+	river.WorkerDefaults[SyncPoolArgs]
+	*Syncer
+}
+
+func (w *PoolWorker) NextRetry(job *river.Job[SyncPoolArgs]) time.Time {
+	return time.Now().Add(Backoff(job.Attempt, w.MaxBackoff))
+}
+
+func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) error {
+	poolID := job.Args.ResourcePoolID
+	resourceID := fmt.Sprint(poolID)
+	return runFenced(ctx, w.Syncer, job, KeyKindPool, resourceID, func(ctx context.Context) (int64, []Update, error) {
+		desired, err := dbsqlc.New().SyncPoolDesired(ctx, w.DB, &dbsqlc.SyncPoolDesiredParams{KeyID: resourceID, ResourcePoolID: poolID})
+		if err != nil {
+			return 0, nil, fmt.Errorf("error reading pool state: %w", err)
+		}
+		want := map[Relationship]bool{}
+		if desired.PoolExists {
+			if desired.RemoteProviderID != nil {
+				want[Relationship{TypeResourcePool, resourceID, RelProvider, TypeOAuth2Client, *desired.RemoteProviderID}] = true
+			}
+			if desired.Public {
+				want[Relationship{TypeResourcePool, resourceID, RelViewer, TypeUser, Wildcard}] = true
+			}
+			for _, subject := range desired.ViewerSubjectIds {
+				want[Relationship{TypeResourcePool, resourceID, RelViewer, TypeUser, subject}] = true
+			}
+		}
+		actual, err := w.SpiceDB.ReadResource(ctx, TypeResourcePool, resourceID)
+		if err != nil {
+			return 0, nil, err
+		}
+		updates := make([]Update, 0, len(want))
+		for rel := range want {
+			updates = append(updates, Update{Relationship: rel})
+		}
+		for _, rel := range actual {
+			if !want[rel] {
+				updates = append(updates, Update{Relationship: rel, Delete: true})
+			}
+		}
+		return desired.Generation, updates, nil
+	})
+}
+
+// runFenced is the heart of the sync: read the key's desired relationships and
+// generation (one snapshot), write them, then record the generation as
+// applied only if it is still the key's generation, completing the job in the
+// same transaction. If the key changed meanwhile, another job may already
+// have written the newer state before this job's write landed, so go round
+// again: the last write for a key is always made from its newest state.
+func runFenced[T river.JobArgs](ctx context.Context, s *Syncer, job *river.Job[T], kind, keyID string,
+	plan func(ctx context.Context) (int64, []Update, error),
+) error {
+	for round := 0; ; round++ {
+		generation, updates, err := plan(ctx)
+		if err != nil {
+			return s.failed(ctx, kind, keyID, err)
+		}
+		started := time.Now()
+		token, err := s.SpiceDB.Write(ctx, updates)
+		s.Metrics.observeWrite(started, err)
+		if err != nil {
+			return s.failed(ctx, kind, keyID, err)
+		}
+		done, err := fence(ctx, s.DB, job, kind, keyID, generation, token)
+		if err != nil {
+			return err
+		}
+		if done {
+			s.Metrics.observeApplied(kind, round)
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+}
+
+func fence[T river.JobArgs](ctx context.Context, db *pgxpool.Pool, job *river.Job[T], kind, keyID string, generation int64, token string) (bool, error) {
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return false, fmt.Errorf("error beginning fence transaction: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	if generation != 0 { // 0: the key has no sync state (never changed through Tether); nothing to fence.
+		rows, err := dbsqlc.New().SyncFence(ctx, tx, &dbsqlc.SyncFenceParams{
+			Kind: kind, KeyID: keyID, Generation: generation, Zedtoken: &token,
+		})
+		if err != nil {
+			return false, fmt.Errorf("error recording applied generation: %w", err)
+		}
+		if rows == 0 {
+			return false, nil
+		}
+	}
+	if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job); err != nil {
+		return false, fmt.Errorf("error completing sync job: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, fmt.Errorf("error committing fence: %w", err)
+	}
+	return true, nil
+}
+
+// failed records a failed attempt on the key (for the API's sync status) and
+// decides between retry (transient) and cancel (permanent: the reconciler
+// picks stalled keys up again).
+func (s *Syncer) failed(ctx context.Context, kind, keyID string, err error) error {
+	transient := IsTransient(err)
+	s.Metrics.observeFailure(kind, transient)
+	msg := ScrubError(err)
+	// A detached context: the job's context may be what just ended.
+	recordCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if recErr := dbsqlc.New().SyncRecordError(recordCtx, s.DB, &dbsqlc.SyncRecordErrorParams{
+		Kind: kind, KeyID: keyID, LastError: &msg, Stalled: !transient,
+	}); recErr != nil {
+		s.Logger.WarnContext(ctx, "error recording sync failure", "kind", kind, "error", recErr)
+	}
+	if transient || errors.Is(err, context.Canceled) {
+		return err
+	}
+	s.Logger.ErrorContext(ctx, "permanent sync error; the reconciler will retry the key", "kind", kind, "error", msg)
+	return river.JobCancel(err)
+}
