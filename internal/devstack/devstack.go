@@ -401,3 +401,13 @@ func waitFor(ctx context.Context, timeout time.Duration, try func(context.Contex
 		}
 	}
 }
+
+// StdBase64 re-encodes a base64url secret as standard base64 (the key ring's
+// format).
+func StdBase64(urlSecret string) string {
+	b, err := base64.RawURLEncoding.DecodeString(urlSecret)
+	if err != nil {
+		return ""
+	}
+	return base64.StdEncoding.EncodeToString(b)
+}
