@@ -10,9 +10,12 @@ TEST_FLAGS      ?= -race -count=1 -timeout 20m
 help: ## list targets
 	@grep -hE '^[a-z/.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-bin/spicedb: ## build the pinned SpiceDB into bin/ (once, ~5 min cold)
-	GOBIN=$(CURDIR)/bin $(GO) install github.com/authzed/spicedb/cmd/spicedb@$(SPICEDB_VERSION)
-	@bin/spicedb version --include-remote-version=false 2>/dev/null | head -1 || true
+SPICEDB_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tether/spicedb-$(SPICEDB_VERSION)
+
+bin/spicedb: ## build the pinned SpiceDB into bin/ (once per machine, ~5 min cold; cached outside the clone)
+	@mkdir -p bin $(SPICEDB_CACHE)
+	@test -x $(SPICEDB_CACHE)/spicedb || GOBIN=$(SPICEDB_CACHE) $(GO) install github.com/authzed/spicedb/cmd/spicedb@$(SPICEDB_VERSION)
+	cp $(SPICEDB_CACHE)/spicedb bin/spicedb
 
 build: ## build tether and devstack into bin/
 	$(GO) build -o bin/tether ./cmd/tether
