@@ -8,11 +8,13 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"time"
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 	"github.com/authzed/authzed-go/v1"
 	"github.com/authzed/grpcutil"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -78,6 +80,12 @@ func NewSpiceDB(cfg SpiceDBConfig) (*SpiceDB, error) {
 		}
 		opts = append(opts, certs, grpcutil.WithBearerToken(cfg.Token))
 	}
+	// gRPC's default reconnect backoff grows to two minutes: after an outage
+	// Tether would keep failing long after SpiceDB is back. Cap it.
+	opts = append(opts, grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+		MinConnectTimeout: 5 * time.Second,
+	}))
 	opts = append(opts, cfg.DialOptions...)
 	client, err := authzed.NewClient(cfg.Endpoint, opts...)
 	if err != nil {
@@ -129,7 +137,16 @@ func (s *SpiceDB) CheckSchema(ctx context.Context) (SchemaState, error) {
 	return SchemaDifferent, nil
 }
 
-func normalizeSchema(s string) string { return strings.Join(strings.Fields(s), " ") }
+// normalizeSchema makes schemas comparable: SpiceDB returns the definitions
+// sorted by name and re-indented.
+func normalizeSchema(s string) string {
+	defs := strings.Split(strings.Join(strings.Fields(s), " "), "definition ")
+	for i := range defs {
+		defs[i] = strings.TrimSpace(defs[i])
+	}
+	slices.Sort(defs)
+	return strings.Join(defs, "\n")
+}
 
 // WriteSchema writes Schema.
 func (s *SpiceDB) WriteSchema(ctx context.Context) error {

@@ -229,3 +229,55 @@ func (tt *Tether) SyncState(tb testing.TB, kind, keyID string) *dbsqlc.SyncState
 	}
 	return st
 }
+
+// AttachWorkers starts a River client with workers on an engine's database
+// and SpiceDB (an engine started with NoWorkers, or a second worker process
+// in spirit).
+func AttachWorkers(tb testing.TB, tt *Tether, tune func(*jobs.ClientConfig)) *river.Client[pgx.Tx] {
+	tb.Helper()
+	cfg := jobs.DefaultClientConfig()
+	cfg.MaxWorkers = 8
+	cfg.ReconcileInterval = 0
+	cfg.Logger = tt.Syncer.Logger
+	if tune != nil {
+		tune(&cfg)
+	}
+	client, _, err := jobs.NewClient(tt.DB, tt.Syncer, cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := client.Start(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer stopCancel()
+		_ = client.StopAndCancel(stopCtx)
+		cancel()
+	})
+	return client
+}
+
+// RunWorker runs a worker outside any test (a helper process a test kills).
+func RunWorker(ctx context.Context, databaseURL string, spiceCfg jobs.SpiceDBConfig) (stop func(), err error) {
+	pool, err := pgxpool.New(ctx, databaseURL)
+	if err != nil {
+		return nil, err
+	}
+	spice, err := jobs.NewSpiceDB(spiceCfg)
+	if err != nil {
+		return nil, err
+	}
+	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), MaxBackoff: time.Second}
+	cfg := jobs.DefaultClientConfig()
+	cfg.ReconcileInterval = 0
+	client, _, err := jobs.NewClient(pool, syncer, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := client.Start(ctx); err != nil {
+		return nil, err
+	}
+	return func() { _ = client.Stop(ctx); pool.Close() }, nil
+}

@@ -1,0 +1,305 @@
+package jobs_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+
+	"github.com/tetherhq/tether/app"
+	"github.com/tetherhq/tether/internal/testenv"
+	"github.com/tetherhq/tether/jobs"
+)
+
+// The bad interleaving, forced: job J1 reads "connected" and stalls before its
+// write; the user disconnects; job J2 reads "disconnected", deletes and
+// fences; then J1's stale TOUCH lands. J1's fence must fail (the generation
+// moved), so J1 reads again and deletes: the stale write is not the last one.
+func TestStaleWriteNeverLandsLast(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	g := newGate(func(w *v1.WriteRelationshipsRequest) bool {
+		for _, u := range w.GetUpdates() {
+			if u.GetOperation() == v1.RelationshipUpdate_OPERATION_TOUCH && u.GetRelationship().GetRelation() == jobs.RelConnected {
+				return true
+			}
+		}
+		return false
+	})
+	tt := testenv.StartTether(t, testenv.TetherOpts{SpiceDB: func(c *jobs.SpiceDBConfig) {
+		c.DialOptions = append(c.DialOptions, g.interceptor())
+	}})
+	tt.Provider(t, "gitlab")
+	pool := tt.Pool(t, "gpu", "gitlab", false)
+	conn := tt.Connect(t, "alice", "gitlab")
+
+	select {
+	case <-g.entered: // J1 has read "connected" and is about to write
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connect job never wrote")
+	}
+	require.NoError(t, tt.Service.ConnectionDelete(ctx, &app.User{ID: "alice"}, conn.ID))
+	keyID := jobs.ConnectionKeyID("gitlab", "alice")
+	require.Eventually(t, func() bool {
+		st := tt.SyncState(t, jobs.KeyKindConnection, keyID)
+		return st.AppliedGeneration == st.Generation
+	}, 10*time.Second, 5*time.Millisecond, "J2 should apply the disconnect while J1 is held")
+	require.False(t, tt.CanView(t, "alice", pool.ID))
+
+	close(g.release) // J1's stale TOUCH lands now, after J2's DELETE
+	<-g.landed
+	tt.WaitSynced(t, 15*time.Second)
+	require.False(t, tt.CanView(t, "alice", pool.ID), "a stale write landed last")
+	require.Equal(t, tt.DesiredRelationships(t), tt.Relationships(t))
+	var fenceRetries int
+	require.NoError(t, tt.DB.QueryRow(ctx,
+		"SELECT count(*) FROM river_job WHERE kind = 'tether.sync_connection' AND state = 'completed'").Scan(&fenceRetries))
+	require.Equal(t, 2, fenceRetries, "both jobs completed")
+}
+
+// SpiceDB (on its Postgres datastore) is stopped while 500 changes are made:
+// every API call succeeds; after SpiceDB returns, every change is applied
+// within 15 s, with the production backoff cap.
+func TestSpiceDBOutage(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	proc := testenv.StartSpiceDBProcess(t, true)
+	tt := testenv.StartTether(t, testenv.TetherOpts{
+		SpiceDB: func(c *jobs.SpiceDBConfig) { *c = proc.Config() },
+		Client:  func(c *jobs.ClientConfig) { c.MaxWorkers = 50 },
+	})
+	tt.Syncer.MaxBackoff = 10 * time.Second // the production default
+	tt.Provider(t, "gitlab")
+	tt.Provider(t, "github")
+	pools := []*app.Pool{tt.Pool(t, "a", "gitlab", false), tt.Pool(t, "b", "github", false)}
+	tt.WaitSynced(t, 15*time.Second)
+
+	proc.Stop()
+	rng := rand.New(rand.NewPCG(1, 2))
+	conns := map[string]*app.Connection{}
+	for i := range 500 {
+		user := fmt.Sprintf("user%d", rng.IntN(120))
+		provider := []string{"gitlab", "github"}[rng.IntN(2)]
+		key := user + "/" + provider
+		var err error
+		switch c := conns[key]; {
+		case c != nil && i%3 == 0:
+			err = tt.Service.ConnectionDelete(ctx, &app.User{ID: user}, c.ID)
+			delete(conns, key)
+		case i%17 == 0:
+			_, err = tt.Service.PoolViewerAdd(ctx, pools[rng.IntN(2)].ID, []app.PoolViewer{{ID: user}})
+		default:
+			conns[key], err = tt.Service.ConnectionSetStatus(ctx, user, provider, "connected")
+		}
+		require.NoError(t, err, "change %d must succeed while SpiceDB is down", i)
+	}
+	var pending int
+	require.NoError(t, tt.DB.QueryRow(ctx, "SELECT count(*) FROM sync_state WHERE applied_generation < generation").Scan(&pending))
+	require.Positive(t, pending, "nothing can be applied while SpiceDB is down")
+
+	proc.Start()
+	restarted := time.Now()
+	tt.WaitSynced(t, 15*time.Second)
+	t.Logf("all changes applied %s after SpiceDB returned", time.Since(restarted).Round(time.Millisecond))
+	require.Equal(t, tt.DesiredRelationships(t), tt.Relationships(t))
+	var discarded int
+	require.NoError(t, tt.DB.QueryRow(ctx, "SELECT count(*) FROM river_job WHERE state IN ('discarded','cancelled')").Scan(&discarded))
+	require.Zero(t, discarded)
+}
+
+// SpiceDB is wiped (an in-memory server restarted: schema and data gone). The
+// next writes fail on the missing schema: their jobs stop and mark the key
+// stalled instead of pretending success. `reconcile` writes the schema back
+// and restores everything; a dry run then finds nothing.
+func TestSpiceDBWiped(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	proc := testenv.StartSpiceDBProcess(t, false)
+	tt := testenv.StartTether(t, testenv.TetherOpts{SpiceDB: func(c *jobs.SpiceDBConfig) { *c = proc.Config() }})
+	tt.Provider(t, "gitlab")
+	pool := tt.Pool(t, "gpu", "gitlab", false)
+	public := tt.Pool(t, "public", "", true)
+	for i := range 20 {
+		tt.Connect(t, fmt.Sprintf("user%d", i), "gitlab")
+	}
+	_, err := tt.Service.PoolViewerAdd(ctx, pool.ID, []app.PoolViewer{{ID: "manual@example.org"}})
+	require.NoError(t, err)
+	tt.WaitSynced(t, 15*time.Second)
+	want := tt.DesiredRelationships(t)
+	require.Equal(t, want, tt.Relationships(t))
+
+	proc.Stop()
+	proc.Start() // empty: no schema, no relationships
+	state, err := tt.SpiceDB.CheckSchema(ctx)
+	require.NoError(t, err)
+	require.Equal(t, jobs.SchemaMissing, state)
+
+	tt.Connect(t, "late", "gitlab")
+	keyID := jobs.ConnectionKeyID("gitlab", "late")
+	require.Eventually(t, func() bool { return tt.SyncState(t, jobs.KeyKindConnection, keyID).Stalled },
+		10*time.Second, 10*time.Millisecond, "a write into a wiped store must not be taken as applied")
+	st := tt.SyncState(t, jobs.KeyKindConnection, keyID)
+	require.Less(t, st.AppliedGeneration, st.Generation)
+	require.NotNil(t, st.LastError)
+
+	dry, err := tt.Reconciler.Run(ctx, jobs.ReconcileOpts{DryRun: true})
+	require.NoError(t, err)
+	require.Equal(t, "missing", dry.Schema)
+	require.EqualValues(t, len(want), dry.Missing, "the settled keys' relationships are all missing")
+
+	report, err := tt.Reconciler.Run(ctx, jobs.ReconcileOpts{})
+	require.NoError(t, err)
+	require.EqualValues(t, len(want)+1, report.Repaired)
+	tt.WaitSynced(t, 15*time.Second) // the stalled key's requeued job
+	require.Equal(t, tt.DesiredRelationships(t), tt.Relationships(t))
+	require.True(t, tt.CanView(t, "late", pool.ID))
+	require.True(t, tt.CanView(t, "manual@example.org", pool.ID))
+	require.True(t, tt.CanView(t, "nobody", public.ID))
+
+	again, err := tt.Reconciler.Run(ctx, jobs.ReconcileOpts{DryRun: true})
+	require.NoError(t, err)
+	require.Zero(t, again.Drift())
+	require.Equal(t, "current", again.Schema)
+}
+
+// A manual edit in SpiceDB (a grant nobody made, a link removed) is drift:
+// a dry run reports exactly it, a real run repairs it.
+func TestReconcileRepairsManualEdits(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	tt := testenv.StartTether(t, testenv.TetherOpts{})
+	tt.Provider(t, "gitlab")
+	pool := tt.Pool(t, "gpu", "gitlab", false)
+	tt.Connect(t, "alice", "gitlab")
+	tt.WaitSynced(t, 15*time.Second)
+
+	_, err := tt.SpiceDB.Write(ctx, []jobs.Update{
+		{Relationship: jobs.Relationship{ResourceType: "resource_pool", ResourceID: fmt.Sprint(pool.ID), Relation: "viewer", SubjectType: "user", SubjectID: "mallory"}},
+		{Relationship: jobs.Relationship{ResourceType: "resource_pool", ResourceID: fmt.Sprint(pool.ID), Relation: "provider", SubjectType: "oauth2_client", SubjectID: "gitlab"}, Delete: true},
+	})
+	require.NoError(t, err)
+	require.True(t, tt.CanView(t, "mallory", pool.ID))
+
+	dry, err := tt.Reconciler.Run(ctx, jobs.ReconcileOpts{DryRun: true})
+	require.NoError(t, err)
+	require.EqualValues(t, 1, dry.Missing)
+	require.EqualValues(t, 1, dry.Extra)
+	require.Zero(t, dry.Repaired)
+	require.False(t, tt.CanView(t, "alice", pool.ID), "a dry run changes nothing")
+
+	report, err := tt.Reconciler.Run(ctx, jobs.ReconcileOpts{})
+	require.NoError(t, err)
+	require.EqualValues(t, 2, report.Repaired)
+	require.False(t, tt.CanView(t, "mallory", pool.ID))
+	require.True(t, tt.CanView(t, "alice", pool.ID))
+	require.Equal(t, tt.DesiredRelationships(t), tt.Relationships(t))
+}
+
+// Under a backlog, revocations run before grants: River fetches by priority.
+func TestRevocationsGoFirst(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	queued := testenv.StartTether(t, testenv.TetherOpts{NoWorkers: true})
+	queued.Provider(t, "gitlab")
+	for i := range 200 {
+		queued.Connect(t, fmt.Sprintf("grant%d", i), "gitlab")
+	}
+	c, err := queued.Service.ConnectionSetStatus(ctx, "revoked", "gitlab", "error")
+	require.NoError(t, err)
+	require.Equal(t, "error", c.Status)
+
+	var revokeAge float64
+	require.NoError(t, queued.DB.QueryRow(ctx,
+		"SELECT extract(epoch FROM now() - min(revoke_pending_since)) FROM sync_state").Scan(&revokeAge))
+	require.GreaterOrEqual(t, revokeAge, 0.0, "the oldest unapplied revocation is known")
+
+	// One worker drains the backlog; the revocation, inserted last, runs first.
+	testenv.AttachWorkers(t, queued, func(cfg *jobs.ClientConfig) { cfg.MaxWorkers = 1 })
+	queued.WaitSynced(t, 30*time.Second)
+	var firstKind string
+	require.NoError(t, queued.DB.QueryRow(ctx,
+		"SELECT args->>'user_id' FROM river_job WHERE kind = 'tether.sync_connection' ORDER BY attempted_at LIMIT 1").Scan(&firstKind))
+	require.Equal(t, "revoked", firstKind)
+}
+
+// A worker process is SIGKILLed while its job is between reading and writing.
+// The job stays "running" until the leader rescues it (after
+// RescueStuckJobsAfter, short here); it then runs again and applies.
+func TestWorkerKilledMidJob(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	tt := testenv.StartTether(t, testenv.TetherOpts{NoWorkers: true})
+	tt.Provider(t, "gitlab")
+	pool := tt.Pool(t, "gpu", "gitlab", false)
+	tt.Connect(t, "alice", "gitlab")
+
+	marker := t.TempDir() + "/entered"
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperWorkerEnv+"=1",
+		"HELPER_DATABASE_URL="+tt.DB.Config().ConnString(),
+		"HELPER_SPICEDB_ENDPOINT="+tt.SpiceConfig.Endpoint, "HELPER_SPICEDB_TOKEN="+tt.SpiceConfig.Token,
+		"HELPER_MARKER="+marker)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(t, cmd.Start())
+	require.Eventually(t, func() bool { _, err := os.Stat(marker); return err == nil }, 20*time.Second, 10*time.Millisecond,
+		"the helper worker never reached its write; output: %s", out)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	_ = cmd.Wait()
+	// Let the job become older than the rescue horizon before a new leader
+	// looks (its rescuer runs once on election, then every 30 s).
+	time.Sleep(2500 * time.Millisecond)
+
+	var state string
+	require.NoError(t, tt.DB.QueryRow(ctx, "SELECT state FROM river_job WHERE kind = 'tether.sync_pool' OR kind = 'tether.sync_connection' ORDER BY id LIMIT 1").Scan(&state))
+	require.Equal(t, "running", state, "the killed worker's job is left running")
+
+	testenv.AttachWorkers(t, tt, func(cfg *jobs.ClientConfig) {
+		cfg.JobTimeout = time.Second
+		cfg.RescueStuckJobsAfter = 2 * time.Second
+	})
+	// The dead worker held River's leadership; a new leader is elected once
+	// it expires, and its rescuer runs on election.
+	tt.WaitSynced(t, 60*time.Second)
+	require.True(t, tt.CanView(t, "alice", pool.ID))
+	require.Equal(t, tt.DesiredRelationships(t), tt.Relationships(t))
+	var rescued int
+	require.NoError(t, tt.DB.QueryRow(ctx,
+		"SELECT count(*) FROM river_job WHERE (metadata->>'river:rescue_count')::int >= 1 AND state = 'completed'").Scan(&rescued))
+	require.GreaterOrEqual(t, rescued, 1)
+}
+
+const helperWorkerEnv = "TETHER_HELPER_WORKER"
+
+// helperWorker is the process TestWorkerKilledMidJob kills: a worker whose
+// every SpiceDB write blocks, after touching a marker file.
+func helperWorker() int {
+	ctx := context.Background()
+	block := grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if method == writeMethod {
+			_ = os.WriteFile(os.Getenv("HELPER_MARKER"), nil, 0o644)
+			select {} // killed here
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	})
+	stop, err := testenv.RunWorker(ctx, os.Getenv("HELPER_DATABASE_URL"), jobs.SpiceDBConfig{
+		Endpoint: os.Getenv("HELPER_SPICEDB_ENDPOINT"), Token: os.Getenv("HELPER_SPICEDB_TOKEN"), Insecure: true,
+		DialOptions: []grpc.DialOption{block},
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "helper worker:", err)
+		return 1
+	}
+	defer stop()
+	select {}
+}
