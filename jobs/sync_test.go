@@ -59,7 +59,7 @@ func TestStaleWriteNeverLandsLast(t *testing.T) {
 	<-g.landed
 	tt.WaitSynced(t, 15*time.Second)
 	require.False(t, tt.CanView(t, "alice", pool.ID), "a stale write landed last")
-	require.Equal(t, tt.DesiredRelationships(t), tt.Relationships(t))
+	tt.RequireInSync(t)
 	var fenceRetries int
 	require.NoError(t, tt.DB.QueryRow(ctx,
 		"SELECT count(*) FROM river_job WHERE kind = 'tether.sync_connection' AND state = 'completed'").Scan(&fenceRetries))
@@ -110,7 +110,7 @@ func TestSpiceDBOutage(t *testing.T) {
 	restarted := time.Now()
 	tt.WaitSynced(t, 15*time.Second)
 	t.Logf("all changes applied %s after SpiceDB returned", time.Since(restarted).Round(time.Millisecond))
-	require.Equal(t, tt.DesiredRelationships(t), tt.Relationships(t))
+	tt.RequireInSync(t)
 	var discarded int
 	require.NoError(t, tt.DB.QueryRow(ctx, "SELECT count(*) FROM river_job WHERE state IN ('discarded','cancelled')").Scan(&discarded))
 	require.Zero(t, discarded)
@@ -160,7 +160,7 @@ func TestSpiceDBWiped(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, len(want)+1, report.Repaired)
 	tt.WaitSynced(t, 15*time.Second) // the stalled key's requeued job
-	require.Equal(t, tt.DesiredRelationships(t), tt.Relationships(t))
+	tt.RequireInSync(t)
 	require.True(t, tt.CanView(t, "late", pool.ID))
 	require.True(t, tt.CanView(t, "manual@example.org", pool.ID))
 	require.True(t, tt.CanView(t, "nobody", public.ID))
@@ -201,7 +201,7 @@ func TestReconcileRepairsManualEdits(t *testing.T) {
 	require.EqualValues(t, 2, report.Repaired)
 	require.False(t, tt.CanView(t, "mallory", pool.ID))
 	require.True(t, tt.CanView(t, "alice", pool.ID))
-	require.Equal(t, tt.DesiredRelationships(t), tt.Relationships(t))
+	tt.RequireInSync(t)
 }
 
 // Under a backlog, revocations run before grants: River fetches by priority.
@@ -272,7 +272,7 @@ func TestWorkerKilledMidJob(t *testing.T) {
 	// it expires, and its rescuer runs on election.
 	tt.WaitSynced(t, 60*time.Second)
 	require.True(t, tt.CanView(t, "alice", pool.ID))
-	require.Equal(t, tt.DesiredRelationships(t), tt.Relationships(t))
+	tt.RequireInSync(t)
 	var rescued int
 	require.NoError(t, tt.DB.QueryRow(ctx,
 		"SELECT count(*) FROM river_job WHERE (metadata->>'river:rescue_count')::int >= 1 AND state = 'completed'").Scan(&rescued))

@@ -19,6 +19,13 @@ import (
 	"github.com/tetherhq/tether/jobs"
 )
 
+// T is the part of testing.TB the engine helpers need; *rapid.T has it too.
+type T interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+}
+
 // Tether is a whole sync engine on the test's own database and SpiceDB
 // store: service, River client with workers, reconciler.
 type Tether struct {
@@ -104,7 +111,7 @@ func (w tbWriter) Write(p []byte) (int, error) {
 }
 
 // WaitSynced waits until every change is applied and no sync job is left.
-func (tt *Tether) WaitSynced(tb testing.TB, timeout time.Duration) {
+func (tt *Tether) WaitSynced(tb T, timeout time.Duration) {
 	tb.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -127,7 +134,7 @@ func (tt *Tether) WaitSynced(tb testing.TB, timeout time.Duration) {
 }
 
 // CanView asks SpiceDB, fully consistent, whether user may view pool.
-func (tt *Tether) CanView(tb testing.TB, userID string, poolID int64) bool {
+func (tt *Tether) CanView(tb T, userID string, poolID int64) bool {
 	tb.Helper()
 	resp, err := tt.SpiceDB.Client().CheckPermission(context.Background(), &v1.CheckPermissionRequest{
 		Consistency: &v1.Consistency{Requirement: &v1.Consistency_FullyConsistent{FullyConsistent: true}},
@@ -142,7 +149,7 @@ func (tt *Tether) CanView(tb testing.TB, userID string, poolID int64) bool {
 }
 
 // Relationships returns all of SpiceDB, as sorted strings.
-func (tt *Tether) Relationships(tb testing.TB) []string {
+func (tt *Tether) Relationships(tb T) []string {
 	tb.Helper()
 	var out []string
 	err := tt.SpiceDB.Export(context.Background(), func(page []jobs.Relationship) error {
@@ -159,7 +166,7 @@ func (tt *Tether) Relationships(tb testing.TB) []string {
 }
 
 // DesiredRelationships returns what SpiceDB should hold per the database.
-func (tt *Tether) DesiredRelationships(tb testing.TB) []string {
+func (tt *Tether) DesiredRelationships(tb T) []string {
 	tb.Helper()
 	rows, err := tt.DB.Query(context.Background(),
 		"SELECT resource_type, resource_id, relation, subject_type, subject_id FROM desired_relationships")
@@ -183,7 +190,7 @@ func (tt *Tether) DesiredRelationships(tb testing.TB) []string {
 }
 
 // Provider creates a provider with defaults.
-func (tt *Tether) Provider(tb testing.TB, id string) *app.Provider {
+func (tt *Tether) Provider(tb T, id string) *app.Provider {
 	tb.Helper()
 	kind, name, clientID, secret, authURL, tokenURL := "generic_oauth2", "Provider "+id, "client-"+id, "secret-"+id, "https://idp.example/auth", "https://idp.example/token"
 	p, err := tt.Service.ProviderCreate(context.Background(), &app.ProviderInput{
@@ -197,7 +204,7 @@ func (tt *Tether) Provider(tb testing.TB, id string) *app.Provider {
 }
 
 // Pool creates a pool, linked to providerID unless it is empty.
-func (tt *Tether) Pool(tb testing.TB, name, providerID string, public bool) *app.Pool {
+func (tt *Tether) Pool(tb T, name, providerID string, public bool) *app.Pool {
 	tb.Helper()
 	in := &app.PoolInput{Name: &name, Public: &public}
 	if providerID != "" {
@@ -211,7 +218,7 @@ func (tt *Tether) Pool(tb testing.TB, name, providerID string, public bool) *app
 }
 
 // Connect marks userID connected to providerID, as the OAuth2 callback does.
-func (tt *Tether) Connect(tb testing.TB, userID, providerID string) *app.Connection {
+func (tt *Tether) Connect(tb T, userID, providerID string) *app.Connection {
 	tb.Helper()
 	c, err := tt.Service.ConnectionSetStatus(context.Background(), userID, providerID, "connected")
 	if err != nil {
@@ -221,7 +228,7 @@ func (tt *Tether) Connect(tb testing.TB, userID, providerID string) *app.Connect
 }
 
 // SyncState reads a key's sync state.
-func (tt *Tether) SyncState(tb testing.TB, kind, keyID string) *dbsqlc.SyncState {
+func (tt *Tether) SyncState(tb T, kind, keyID string) *dbsqlc.SyncState {
 	tb.Helper()
 	st, err := dbsqlc.New().SyncGet(context.Background(), tt.DB, &dbsqlc.SyncGetParams{Kind: kind, KeyID: keyID})
 	if err != nil {
@@ -280,4 +287,30 @@ func RunWorker(ctx context.Context, databaseURL string, spiceCfg jobs.SpiceDBCon
 		return nil, err
 	}
 	return func() { _ = client.Stop(ctx); pool.Close() }, nil
+}
+
+// RequireInSync fails, naming the differences, unless SpiceDB holds exactly
+// the relationships the database derives.
+func (tt *Tether) RequireInSync(tb T) {
+	tb.Helper()
+	want, got := tt.DesiredRelationships(tb), tt.Relationships(tb)
+	missing, extra := diffSorted(want, got), diffSorted(got, want)
+	if len(missing) > 0 || len(extra) > 0 {
+		tb.Fatalf("SpiceDB is out of step with Postgres: missing %v, extra %v", missing, extra)
+	}
+}
+
+// diffSorted returns the elements of a not in b (both sorted).
+func diffSorted(a, b []string) []string {
+	var out []string
+	j := 0
+	for _, s := range a {
+		for j < len(b) && b[j] < s {
+			j++
+		}
+		if j >= len(b) || b[j] != s {
+			out = append(out, s)
+		}
+	}
+	return out
 }
