@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tetherhq/tether/internal/keyring"
 )
 
 // Config is Tether's configuration, read from TETHER_* variables.
@@ -20,7 +22,7 @@ type Config struct {
 	SpiceDBInsecure bool
 	HTTPAddr        string
 	PublicURL       *url.URL
-	EncryptionKeys  *KeyRing
+	EncryptionKeys  *keyring.Ring
 	AuthHMACSecret  []byte
 	AuthIssuer      string
 	AuthAudience    string
@@ -28,6 +30,8 @@ type Config struct {
 	AuthCookie      string
 	AllowedOrigins  []string
 	LogLevel        string
+	// DevMode enables the page's password-less sign-in (never in production).
+	DevMode bool
 	// Worker tuning (see jobs.ClientConfig).
 	MaxWorkers           int
 	FetchCooldown        time.Duration
@@ -133,7 +137,7 @@ func LoadConfig(getenv func(string) string, scope ConfigScope) (*Config, error) 
 	}
 
 	if keys := getenv("TETHER_ENCRYPTION_KEYS"); keys != "" || scope == ScopeServe {
-		ring, err := ParseKeyRing(keys)
+		ring, err := keyring.Parse(keys)
 		if err != nil {
 			bad("TETHER_ENCRYPTION_KEYS", "%v", err)
 		}
@@ -168,6 +172,18 @@ func LoadConfig(getenv func(string) string, scope ConfigScope) (*Config, error) 
 		}
 		if cfg.AuthIssuer == "" && cfg.AuthHMACSecret == nil {
 			bad("TETHER_AUTH_HMAC_SECRET", "set it (development) or TETHER_AUTH_ISSUER and TETHER_AUTH_AUDIENCE (production): without one no request can authenticate")
+		}
+		if v := str("TETHER_DEV_MODE", "false"); v != "" {
+			b, err := strconv.ParseBool(v)
+			switch {
+			case err != nil:
+				bad("TETHER_DEV_MODE", "must be true or false, got %q", v)
+			case b && cfg.PublicURL != nil && cfg.PublicURL.Scheme == "https":
+				bad("TETHER_DEV_MODE", "refused with an https TETHER_PUBLIC_URL: dev mode lets anyone sign in as anyone")
+			case b && cfg.AuthHMACSecret == nil:
+				bad("TETHER_DEV_MODE", "needs TETHER_AUTH_HMAC_SECRET to sign its cookies")
+			}
+			cfg.DevMode = b
 		}
 		cfg.AuthAdminRole = str("TETHER_AUTH_ADMIN_ROLE", "tether-admin")
 		cfg.AuthCookie = str("TETHER_AUTH_COOKIE", "tether_token")

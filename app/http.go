@@ -36,6 +36,7 @@ type Server struct {
 	httpReq  *prometheus.CounterVec
 	httpDur  *prometheus.HistogramVec
 	gatherer prometheus.Gatherer
+	ui       UIConfig
 }
 
 // ServerDeps are what the server is built from.
@@ -46,9 +47,10 @@ type ServerDeps struct {
 	SpiceDB  *jobs.SpiceDB
 	Cookie   string
 	Registry *prometheus.Registry
-	// API serves the /api/data routes; without it (role worker) only the
-	// probes and metrics are served.
+	// API serves the /api/data routes and the user page; without it (role
+	// worker) only the probes and metrics are served.
 	API bool
+	UI  UIConfig
 }
 
 // NewServer wires every route in one place, so the surface can be audited
@@ -84,6 +86,7 @@ func NewServer(d ServerDeps) *Server {
 	if !d.API {
 		return s
 	}
+	s.registerUI(d.UI)
 	api := e.Group("/api/data")
 	api.GET("/spec.json", func(c echo.Context) error { return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, openAPISpec) })
 
@@ -96,9 +99,13 @@ func NewServer(d ServerDeps) *Server {
 	admin.PATCH("/oauth2/providers/:provider_id", s.providerUpdate)
 	admin.DELETE("/oauth2/providers/:provider_id", s.providerDelete)
 
+	user.GET("/oauth2/providers/:provider_id/authorize", s.authorize)
+	user.GET("/oauth2/callback", s.callback)
+
 	user.GET("/oauth2/connections", s.connectionList)
 	user.GET("/oauth2/connections/:connection_id", s.connectionGet)
 	user.DELETE("/oauth2/connections/:connection_id", s.connectionDelete)
+	user.GET("/oauth2/connections/:connection_id/token", s.connectionToken)
 
 	user.GET("/resource_pools", s.poolList)
 	user.GET("/resource_pools/:resource_pool_id", s.poolGet)
@@ -494,4 +501,62 @@ func (s *Server) poolViewerRemove(c echo.Context) error {
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)
+}
+
+// BindingCookie binds an authorization to the browser that started it.
+const BindingCookie = "tether_oauth_binding"
+
+func (s *Server) secureCookies() bool {
+	return s.service.OAuth != nil && s.service.OAuth.PublicURL.Scheme == "https"
+}
+
+func (s *Server) authorize(c echo.Context) error {
+	id, err := providerIDParam(c)
+	if err != nil {
+		return err
+	}
+	binding := ""
+	if ck, err := c.Cookie(BindingCookie); err == nil {
+		binding = ck.Value
+	}
+	auth, err := s.service.Authorize(c.Request().Context(), UserFrom(c), id, c.QueryParam("next_url"), binding)
+	if err != nil {
+		return err
+	}
+	c.SetCookie(&http.Cookie{
+		Name: BindingCookie, Value: auth.BrowserBinding, Path: "/api/data/oauth2/",
+		MaxAge: int(StateTTL / time.Second), HttpOnly: true, Secure: s.secureCookies(),
+		// Lax: the provider's redirect back is a cross-site top-level
+		// navigation, which Strict would strip the cookie from.
+		SameSite: http.SameSiteLaxMode,
+	})
+	return c.Redirect(http.StatusFound, auth.RedirectURL)
+}
+
+func (s *Server) callback(c echo.Context) error {
+	binding := ""
+	if ck, err := c.Cookie(BindingCookie); err == nil {
+		binding = ck.Value
+	}
+	res, err := s.service.Callback(c.Request().Context(), UserFrom(c), binding,
+		c.QueryParam("state"), c.QueryParam("code"), c.QueryParam("error"))
+	if err != nil {
+		return err
+	}
+	if res.NextURL != "" {
+		return c.Redirect(http.StatusFound, res.NextURL)
+	}
+	return c.JSON(http.StatusOK, map[string]string{"status": "OK"})
+}
+
+func (s *Server) connectionToken(c echo.Context) error {
+	id, err := connectionIDParam(c)
+	if err != nil {
+		return err
+	}
+	out, err := s.service.ConnectionToken(c.Request().Context(), UserFrom(c), id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, out)
 }

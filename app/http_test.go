@@ -41,6 +41,7 @@ func setupHTTP(t *testing.T, opts testenv.TetherOpts) *httpBundle {
 	server := app.NewServer(app.ServerDeps{
 		Service: tt.Service, Auth: auth, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		SpiceDB: tt.SpiceDB, Cookie: "tether_token", Registry: prometheus.NewRegistry(), API: true,
+		UI: app.UIConfig{DevLogin: true, HMACSecret: []byte(testSecret), AdminRole: "tether-admin"},
 	})
 	ts := httptest.NewServer(server.Echo)
 	t.Cleanup(ts.Close)

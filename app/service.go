@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/tetherhq/tether/db/dbsqlc"
+	"github.com/tetherhq/tether/internal/keyring"
 	"github.com/tetherhq/tether/jobs"
 )
 
@@ -27,7 +28,8 @@ import (
 type Service struct {
 	DB       *pgxpool.Pool
 	Enqueuer *jobs.Enqueuer
-	Keys     *KeyRing
+	Keys     *keyring.Ring
+	OAuth    *OAuthConfig
 }
 
 var q = dbsqlc.New()
@@ -683,16 +685,53 @@ func (s *Service) ConnectionGet(ctx context.Context, user *User, id uuid.UUID) (
 		Sync: syncStatus(r.Generation, r.AppliedGeneration, r.AppliedAt, r.LastError)}, nil
 }
 
-// ConnectionDelete disconnects: the row goes, and its access is revoked
-// through the outbox.
+// ConnectionDelete disconnects: the row goes and its access is revoked
+// through the outbox. If the provider has a revocation endpoint, the token is
+// handed (encrypted) to a River job that revokes it there: the provider being
+// down never blocks the user.
 func (s *Service) ConnectionDelete(ctx context.Context, user *User, id uuid.UUID) error {
 	return s.inTx(ctx, func(tx pgx.Tx) error {
 		row, err := q.ConnectionDeleteForUser(ctx, tx, &dbsqlc.ConnectionDeleteForUserParams{ID: id, UserID: user.ID})
 		if err != nil {
 			return notFound(err, "connection")
 		}
+		if err := s.queueRevocation(ctx, tx, row); err != nil {
+			return err
+		}
 		return s.Enqueuer.Connection(ctx, tx, row.ProviderID, user.ID, true)
 	})
+}
+
+func (s *Service) queueRevocation(ctx context.Context, tx pgx.Tx, row *dbsqlc.Oauth2Connection) error {
+	if len(row.TokenEnc) == 0 || s.OAuth == nil {
+		return nil
+	}
+	provider, err := q.ProviderGetByID(ctx, tx, row.ProviderID)
+	if err != nil {
+		return fmt.Errorf("error reading provider: %w", err)
+	}
+	// Only endpoints known without a network call: discovery (OIDC) is left
+	// to the job.
+	if provider.Kind == "github" || (provider.Kind == "generic_oauth2" && provider.RevocationUrl == "") {
+		return nil
+	}
+	tok, _, err := s.loadToken(row.ID, row.TokenEnc)
+	if err != nil {
+		return err
+	}
+	token, hint := tok.RefreshToken, "refresh_token"
+	if token == "" {
+		token, hint = tok.AccessToken, "access_token"
+	}
+	revocationID := uuid.New()
+	enc, err := s.Keys.Encrypt([]byte(token), jobs.RevocationAAD(revocationID))
+	if err != nil {
+		return err
+	}
+	if err := q.RevocationInsert(ctx, tx, &dbsqlc.RevocationInsertParams{ID: revocationID, ProviderID: row.ProviderID, TokenEnc: enc, TokenHint: hint}); err != nil {
+		return fmt.Errorf("error queueing token revocation: %w", err)
+	}
+	return s.Enqueuer.Revocation(ctx, tx, revocationID)
 }
 
 // ConnectionSetStatus records the outcome of an authorization (connected)

@@ -54,6 +54,7 @@ func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (*river.Clien
 	workers := river.NewWorkers()
 	river.AddWorker(workers, &ConnectionWorker{Syncer: syncer})
 	river.AddWorker(workers, &PoolWorker{Syncer: syncer})
+	river.AddWorker(workers, &RevokeWorker{Syncer: syncer})
 	reconciler := &Reconciler{Syncer: syncer, Enqueuer: enqueuer}
 	river.AddWorker(workers, &ReconcileWorker{Reconciler: reconciler})
 

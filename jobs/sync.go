@@ -14,6 +14,8 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/tetherhq/tether/db/dbsqlc"
+	"github.com/tetherhq/tether/internal/keyring"
+	"github.com/tetherhq/tether/internal/oauthclient"
 )
 
 // Job priorities: revocations never wait behind grants (River fetches by
@@ -134,6 +136,9 @@ type Syncer struct {
 	Logger     *slog.Logger
 	MaxBackoff time.Duration
 	Metrics    *Metrics
+	// Keys and OAuth serve the token revocation worker.
+	Keys  *keyring.Ring
+	OAuth *oauthclient.Client
 }
 
 // ConnectionWorker applies a connection key:

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/tetherhq/tether/app"
+	"github.com/tetherhq/tether/internal/oauthclient"
 	"github.com/tetherhq/tether/jobs"
 )
 
@@ -49,7 +50,9 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := jobs.NewMetrics(registry)
 	work := *role != "api"
-	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: cfg.RetryMaxBackoff, Metrics: metrics}
+	oauth := oauthclient.New(10 * time.Second)
+	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: cfg.RetryMaxBackoff, Metrics: metrics,
+		Keys: cfg.EncryptionKeys, OAuth: oauth}
 	riverClient, enqueuer, err := jobs.NewClient(pool, syncer, jobs.ClientConfig{
 		Work: work, MaxWorkers: cfg.MaxWorkers, FetchCooldown: cfg.FetchCooldown, FetchPollInterval: cfg.FetchPollInterval,
 		JobTimeout: cfg.JobTimeout, RescueStuckJobsAfter: cfg.RescueStuckJobsAfter, ReconcileInterval: cfg.ReconcileInterval,
@@ -61,9 +64,12 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	metrics.RegisterSyncGauges(registry, pool)
 
 	server := app.NewServer(app.ServerDeps{
-		Service: &app.Service{DB: pool, Enqueuer: enqueuer, Keys: cfg.EncryptionKeys},
-		Auth:    auth, Logger: logger, SpiceDB: spice, Cookie: cfg.AuthCookie, Registry: registry,
+		Service: &app.Service{DB: pool, Enqueuer: enqueuer, Keys: cfg.EncryptionKeys, OAuth: &app.OAuthConfig{
+			Client: oauth, PublicURL: cfg.PublicURL, AllowedOrigins: cfg.AllowedOrigins,
+		}},
+		Auth: auth, Logger: logger, SpiceDB: spice, Cookie: cfg.AuthCookie, Registry: registry,
 		API: *role != "worker",
+		UI:  app.UIConfig{DevLogin: cfg.DevMode, HMACSecret: cfg.AuthHMACSecret, AdminRole: cfg.AuthAdminRole},
 	})
 	listener, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {

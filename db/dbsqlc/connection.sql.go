@@ -39,7 +39,7 @@ func (q *Queries) ConnectionDeleteByProvider(ctx context.Context, db DBTX, provi
 
 const connectionDeleteForUser = `-- name: ConnectionDeleteForUser :one
 DELETE FROM oauth2_connections WHERE id = $1 AND user_id = $2
-RETURNING id, user_id, provider_id, status, created_at, updated_at
+RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at
 `
 
 type ConnectionDeleteForUserParams struct {
@@ -57,12 +57,14 @@ func (q *Queries) ConnectionDeleteForUser(ctx context.Context, db DBTX, arg *Con
 		&i.Status,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.TokenEnc,
+		&i.TokenExpiresAt,
 	)
 	return &i, err
 }
 
 const connectionGetByUserProvider = `-- name: ConnectionGetByUserProvider :one
-SELECT id, user_id, provider_id, status, created_at, updated_at FROM oauth2_connections WHERE user_id = $1 AND provider_id = $2
+SELECT id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at FROM oauth2_connections WHERE user_id = $1 AND provider_id = $2
 `
 
 type ConnectionGetByUserProviderParams struct {
@@ -80,12 +82,14 @@ func (q *Queries) ConnectionGetByUserProvider(ctx context.Context, db DBTX, arg 
 		&i.Status,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.TokenEnc,
+		&i.TokenExpiresAt,
 	)
 	return &i, err
 }
 
 const connectionGetForUser = `-- name: ConnectionGetForUser :one
-SELECT c.id, c.user_id, c.provider_id, c.status, c.created_at, c.updated_at, s.generation, s.applied_generation, s.applied_at, s.last_error
+SELECT c.id, c.user_id, c.provider_id, c.status, c.created_at, c.updated_at, c.token_enc, c.token_expires_at, s.generation, s.applied_generation, s.applied_at, s.last_error
 FROM oauth2_connections c
 LEFT JOIN sync_state s ON s.kind = 'connection' AND s.key_id = c.provider_id || '/' || tether_subject_id(c.user_id)
 WHERE c.id = $1 AND c.user_id = $2
@@ -103,6 +107,8 @@ type ConnectionGetForUserRow struct {
 	Status            string
 	CreatedAt         time.Time
 	UpdatedAt         time.Time
+	TokenEnc          []byte
+	TokenExpiresAt    *time.Time
 	Generation        *int64
 	AppliedGeneration *int64
 	AppliedAt         *time.Time
@@ -119,6 +125,8 @@ func (q *Queries) ConnectionGetForUser(ctx context.Context, db DBTX, arg *Connec
 		&i.Status,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.TokenEnc,
+		&i.TokenExpiresAt,
 		&i.Generation,
 		&i.AppliedGeneration,
 		&i.AppliedAt,
@@ -131,7 +139,7 @@ const connectionInsertPending = `-- name: ConnectionInsertPending :one
 INSERT INTO oauth2_connections (user_id, provider_id, status)
 VALUES ($1, $2, 'pending')
 ON CONFLICT (user_id, provider_id) DO UPDATE SET updated_at = now()
-RETURNING id, user_id, provider_id, status, created_at, updated_at
+RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at
 `
 
 type ConnectionInsertPendingParams struct {
@@ -151,12 +159,14 @@ func (q *Queries) ConnectionInsertPending(ctx context.Context, db DBTX, arg *Con
 		&i.Status,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.TokenEnc,
+		&i.TokenExpiresAt,
 	)
 	return &i, err
 }
 
 const connectionListByUser = `-- name: ConnectionListByUser :many
-SELECT c.id, c.user_id, c.provider_id, c.status, c.created_at, c.updated_at, s.generation, s.applied_generation, s.applied_at, s.last_error
+SELECT c.id, c.user_id, c.provider_id, c.status, c.created_at, c.updated_at, c.token_enc, c.token_expires_at, s.generation, s.applied_generation, s.applied_at, s.last_error
 FROM oauth2_connections c
 LEFT JOIN sync_state s ON s.kind = 'connection' AND s.key_id = c.provider_id || '/' || tether_subject_id(c.user_id)
 WHERE c.user_id = $1
@@ -170,6 +180,8 @@ type ConnectionListByUserRow struct {
 	Status            string
 	CreatedAt         time.Time
 	UpdatedAt         time.Time
+	TokenEnc          []byte
+	TokenExpiresAt    *time.Time
 	Generation        *int64
 	AppliedGeneration *int64
 	AppliedAt         *time.Time
@@ -192,6 +204,8 @@ func (q *Queries) ConnectionListByUser(ctx context.Context, db DBTX, userID stri
 			&i.Status,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.TokenEnc,
+			&i.TokenExpiresAt,
 			&i.Generation,
 			&i.AppliedGeneration,
 			&i.AppliedAt,
@@ -211,7 +225,7 @@ const connectionUpsertStatus = `-- name: ConnectionUpsertStatus :one
 INSERT INTO oauth2_connections (user_id, provider_id, status)
 VALUES ($1, $2, $3)
 ON CONFLICT (user_id, provider_id) DO UPDATE SET status = EXCLUDED.status, updated_at = now()
-RETURNING id, user_id, provider_id, status, created_at, updated_at
+RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at
 `
 
 type ConnectionUpsertStatusParams struct {
@@ -230,6 +244,8 @@ func (q *Queries) ConnectionUpsertStatus(ctx context.Context, db DBTX, arg *Conn
 		&i.Status,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.TokenEnc,
+		&i.TokenExpiresAt,
 	)
 	return &i, err
 }

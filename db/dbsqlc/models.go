@@ -21,12 +21,14 @@ type DesiredRelationship struct {
 }
 
 type Oauth2Connection struct {
-	ID         uuid.UUID
-	UserID     string
-	ProviderID string
-	Status     string
-	CreatedAt  time.Time
-	UpdatedAt  time.Time
+	ID             uuid.UUID
+	UserID         string
+	ProviderID     string
+	Status         string
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	TokenEnc       []byte
+	TokenExpiresAt *time.Time
 }
 
 type Oauth2Provider struct {
@@ -44,6 +46,25 @@ type Oauth2Provider struct {
 	IssuerUrl        string
 	CreatedAt        time.Time
 	UpdatedAt        time.Time
+}
+
+type Oauth2State struct {
+	StateHash       []byte
+	UserID          string
+	ProviderID      string
+	BrowserHash     []byte
+	CodeVerifierEnc []byte
+	NextUrl         string
+	CreatedAt       time.Time
+	ExpiresAt       time.Time
+}
+
+type Oauth2TokenRevocation struct {
+	ID         uuid.UUID
+	ProviderID string
+	TokenEnc   []byte
+	TokenHint  string
+	CreatedAt  time.Time
 }
 
 type ReconcileActual struct {

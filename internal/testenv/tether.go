@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net/url"
 	"sort"
 	"strconv"
 	"testing"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/tetherhq/tether/app"
 	"github.com/tetherhq/tether/db/dbsqlc"
+	"github.com/tetherhq/tether/internal/keyring"
+	"github.com/tetherhq/tether/internal/oauthclient"
 	"github.com/tetherhq/tether/jobs"
 )
 
@@ -36,7 +39,7 @@ type Tether struct {
 	Enqueuer    *jobs.Enqueuer
 	Syncer      *jobs.Syncer
 	Service     *app.Service
-	Keys        *app.KeyRing
+	Keys        *keyring.Ring
 	Reconciler  *jobs.Reconciler
 }
 
@@ -62,7 +65,7 @@ func StartTether(tb testing.TB, opts TetherOpts) *Tether {
 		opts.SpiceDB(&spiceCfg)
 	}
 	spice := SpiceDB(tb, spiceCfg)
-	keys, err := app.ParseKeyRing(TestKeyRing)
+	keys, err := keyring.Parse(TestKeyRing)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -70,7 +73,8 @@ func StartTether(tb testing.TB, opts TetherOpts) *Tether {
 	if testing.Verbose() {
 		logger = slog.New(slog.NewTextHandler(tbWriter{tb}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: 200 * time.Millisecond}
+	oauth := oauthclient.New(5 * time.Second)
+	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: 200 * time.Millisecond, Keys: keys, OAuth: oauth}
 	cfg := jobs.DefaultClientConfig()
 	cfg.Work = !opts.NoWorkers
 	cfg.MaxWorkers = 8
@@ -97,7 +101,9 @@ func StartTether(tb testing.TB, opts TetherOpts) *Tether {
 	}
 	return &Tether{
 		DB: pool, SpiceDB: spice, SpiceConfig: spiceCfg, River: client, Enqueuer: enqueuer, Syncer: syncer,
-		Service:    &app.Service{DB: pool, Enqueuer: enqueuer, Keys: keys},
+		Service: &app.Service{DB: pool, Enqueuer: enqueuer, Keys: keys, OAuth: &app.OAuthConfig{
+			Client: oauth, PublicURL: &url.URL{Scheme: "http", Host: "127.0.0.1"},
+		}},
 		Keys:       keys,
 		Reconciler: jobs.NewReconciler(syncer, enqueuer),
 	}

@@ -1,4 +1,6 @@
-package app
+// Package keyring encrypts secrets at rest (client secrets, OAuth2 tokens) with
+// AES-256-GCM under a rotatable ring of keys.
+package keyring
 
 import (
 	"crypto/aes"
@@ -11,27 +13,27 @@ import (
 	"strings"
 )
 
-// KeyRing encrypts secrets at rest (client secrets, OAuth2 tokens) with
+// Ring encrypts secrets at rest (client secrets, OAuth2 tokens) with
 // AES-256-GCM. The first key encrypts; every key decrypts, so keys can be
 // rotated by putting a new one first and re-encrypting.
 //
 // Ciphertext layout: len(keyID) (1 byte) | keyID | nonce (12) | sealed data.
 // The caller's associated data (the row's identity) binds a ciphertext to its
 // row: one copied into another row does not decrypt.
-type KeyRing struct {
+type Ring struct {
 	primary string
 	aeads   map[string]cipher.AEAD
 }
 
 var keyIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
 
-// ParseKeyRing parses "id:base64(32 bytes),id2:…". Key material never
+// Parse parses "id:base64(32 bytes),id2:…". Key material never
 // appears in errors.
-func ParseKeyRing(s string) (*KeyRing, error) {
+func Parse(s string) (*Ring, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, errors.New("required: comma-separated id:base64(32 random bytes), e.g. k1:$(openssl rand -base64 32)")
 	}
-	ring := &KeyRing{aeads: map[string]cipher.AEAD{}}
+	ring := &Ring{aeads: map[string]cipher.AEAD{}}
 	for i, part := range strings.Split(s, ",") {
 		id, material, ok := strings.Cut(strings.TrimSpace(part), ":")
 		if !ok || !keyIDPattern.MatchString(id) {
@@ -58,10 +60,10 @@ func ParseKeyRing(s string) (*KeyRing, error) {
 }
 
 // PrimaryKeyID is the id of the key that encrypts.
-func (r *KeyRing) PrimaryKeyID() string { return r.primary }
+func (r *Ring) PrimaryKeyID() string { return r.primary }
 
 // Encrypt seals plaintext with the primary key.
-func (r *KeyRing) Encrypt(plaintext, associatedData []byte) ([]byte, error) {
+func (r *Ring) Encrypt(plaintext, associatedData []byte) ([]byte, error) {
 	aead := r.aeads[r.primary]
 	out := make([]byte, 0, 1+len(r.primary)+aead.NonceSize()+len(plaintext)+aead.Overhead())
 	out = append(out, byte(len(r.primary)))
@@ -80,7 +82,7 @@ var ErrDecrypt = errors.New("secret does not decrypt with the configured keys")
 // Decrypt opens a ciphertext made by Encrypt with any key of the ring. It
 // also reports whether the ciphertext used a key other than the primary one
 // (so the caller can re-encrypt it).
-func (r *KeyRing) Decrypt(ciphertext, associatedData []byte) (plaintext []byte, stale bool, err error) {
+func (r *Ring) Decrypt(ciphertext, associatedData []byte) (plaintext []byte, stale bool, err error) {
 	if len(ciphertext) < 1 {
 		return nil, false, ErrDecrypt
 	}
@@ -102,4 +104,9 @@ func (r *KeyRing) Decrypt(ciphertext, associatedData []byte) (plaintext []byte, 
 		return nil, false, ErrDecrypt
 	}
 	return plaintext, id != r.primary, nil
+}
+
+// ClientSecretAAD binds a provider's encrypted client secret to the provider.
+func ClientSecretAAD(providerID string) []byte {
+	return []byte("oauth2_provider/" + providerID + "/client_secret")
 }

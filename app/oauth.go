@@ -1,0 +1,421 @@
+package app
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/oauth2"
+
+	"github.com/tetherhq/tether/db/dbsqlc"
+	"github.com/tetherhq/tether/internal/oauthclient"
+)
+
+// StateTTL is how long an authorization may take.
+const StateTTL = 10 * time.Minute
+
+// CallbackPath is the one redirect URI path; the full URI is the public URL
+// plus this, never derived from a request.
+const CallbackPath = "/api/data/oauth2/callback"
+
+// OAuthConfig is what the OAuth2 flow needs besides the database.
+type OAuthConfig struct {
+	Client         *oauthclient.Client
+	PublicURL      *url.URL
+	AllowedOrigins []string
+}
+
+func (s *Service) redirectURL() string {
+	return strings.TrimSuffix(s.OAuth.PublicURL.String(), "/") + CallbackPath
+}
+
+// ValidateNextURL accepts a relative path (a single leading '/') or an
+// absolute http(s) URL whose origin is allowed; anything else (//host,
+// /\host, javascript:, other origins, credentials, control characters) is
+// refused. It returns the URL to store.
+func ValidateNextURL(raw string, allowedOrigins []string) (string, error) {
+	bad := Errorf(EINVALID, "next_url must be a relative path starting with a single / or an URL of an allowed origin")
+	if raw == "" {
+		return "", nil
+	}
+	if len(raw) > 2000 {
+		return "", bad
+	}
+	for _, r := range raw {
+		if unicode.IsControl(r) || unicode.IsSpace(r) || r == '\\' {
+			return "", bad
+		}
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.User != nil || u.Opaque != "" {
+		return "", bad
+	}
+	if strings.HasPrefix(raw, "/") {
+		if strings.HasPrefix(raw, "//") || u.Scheme != "" || u.Host != "" {
+			return "", bad
+		}
+		return u.String(), nil
+	}
+	if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return "", bad
+	}
+	origin := u.Scheme + "://" + strings.ToLower(u.Host)
+	for _, allowed := range allowedOrigins {
+		if subtle.ConstantTimeCompare([]byte(origin), []byte(allowed)) == 1 {
+			return u.String(), nil
+		}
+	}
+	return "", bad
+}
+
+// WithError adds error=code to a validated next URL.
+func WithError(next, code string) string {
+	u, err := url.Parse(next)
+	if err != nil {
+		return next
+	}
+	q := u.Query()
+	q.Set("error", code)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+func randomToken() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func hashToken(s string) []byte {
+	h := sha256.Sum256([]byte(s))
+	return h[:]
+}
+
+var browserBindingPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
+
+// provider loads a provider and builds its OAuth2 configuration.
+func (s *Service) oauthProvider(ctx context.Context, q dbsqlc.DBTX, id string) (*oauthclient.Provider, oauthclient.Endpoints, error) {
+	row, err := dbsqlc.New().ProviderGetByID(ctx, q, id)
+	if err != nil {
+		return nil, oauthclient.Endpoints{}, notFound(err, "provider")
+	}
+	p, err := s.clientProvider(row.ID, row.Kind, row.ClientID, row.ClientSecretEnc, row.Scope, row.Url, row.AuthorizationUrl, row.TokenUrl, row.RevocationUrl, row.IssuerUrl)
+	if err != nil {
+		return nil, oauthclient.Endpoints{}, err
+	}
+	e, err := s.OAuth.Client.Endpoints(ctx, p)
+	if err != nil {
+		return nil, oauthclient.Endpoints{}, &wrappedError{app: Errorf(EUNAVAILABLE, "The provider's configuration could not be loaded; try again."), cause: err}
+	}
+	return p, e, nil
+}
+
+func (s *Service) clientProvider(id, kind, clientID string, secretEnc []byte, scope, u, authURL, tokenURL, revURL, issuer string) (*oauthclient.Provider, error) {
+	p := &oauthclient.Provider{ID: id, Kind: kind, ClientID: clientID, Scope: scope, URL: u,
+		AuthorizationURL: authURL, TokenURL: tokenURL, RevocationURL: revURL, IssuerURL: issuer}
+	if len(secretEnc) > 0 {
+		secret, _, err := s.Keys.Decrypt(secretEnc, secretAAD(id))
+		if err != nil {
+			return nil, fmt.Errorf("error decrypting client secret of provider %s: %w", id, err)
+		}
+		p.ClientSecret = string(secret)
+	}
+	return p, nil
+}
+
+// Authorization is the start of a flow: where to send the browser, and the
+// browser-binding cookie value to set.
+type Authorization struct {
+	RedirectURL    string
+	BrowserBinding string
+}
+
+// Authorize starts connecting the user to a provider. browserBinding is the
+// caller's existing binding cookie, if any.
+func (s *Service) Authorize(ctx context.Context, user *User, providerID, nextURL, browserBinding string) (*Authorization, error) {
+	next, err := ValidateNextURL(nextURL, s.OAuth.AllowedOrigins)
+	if err != nil {
+		return nil, err
+	}
+	provider, endpoints, err := s.oauthProvider(ctx, s.DB, providerID)
+	if err != nil {
+		return nil, err
+	}
+	if !browserBindingPattern.MatchString(browserBinding) {
+		browserBinding = randomToken()
+	}
+	state := randomToken()
+	cfg := oauthclient.Config(provider, endpoints, s.redirectURL())
+	var opts []oauth2.AuthCodeOption
+	var verifierEnc []byte
+	usePKCE, err := s.providerUsesPKCE(ctx, providerID)
+	if err != nil {
+		return nil, err
+	}
+	if usePKCE {
+		verifier := oauth2.GenerateVerifier()
+		opts = append(opts, oauth2.S256ChallengeOption(verifier))
+		if verifierEnc, err = s.Keys.Encrypt([]byte(verifier), hashToken(state)); err != nil {
+			return nil, err
+		}
+	}
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		q := dbsqlc.New()
+		if _, err := q.StateDeleteExpired(ctx, tx); err != nil {
+			return fmt.Errorf("error pruning expired states: %w", err)
+		}
+		if err := q.StateInsert(ctx, tx, &dbsqlc.StateInsertParams{
+			StateHash: hashToken(state), UserID: user.ID, ProviderID: providerID, BrowserHash: hashToken(browserBinding),
+			CodeVerifierEnc: verifierEnc, NextUrl: next, ExpiresAt: time.Now().Add(StateTTL),
+		}); err != nil {
+			if isForeignKeyViolation(err) {
+				return Errorf(ENOTFOUND, "No such provider.")
+			}
+			return fmt.Errorf("error storing state: %w", err)
+		}
+		// A new connection starts pending; an existing one keeps its status
+		// (and its access) until this authorization completes.
+		if _, err := q.ConnectionInsertPending(ctx, tx, &dbsqlc.ConnectionInsertPendingParams{UserID: user.ID, ProviderID: providerID}); err != nil {
+			return fmt.Errorf("error recording pending connection: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Authorization{RedirectURL: cfg.AuthCodeURL(state, opts...), BrowserBinding: browserBinding}, nil
+}
+
+func (s *Service) providerUsesPKCE(ctx context.Context, id string) (bool, error) {
+	row, err := q.ProviderGetByID(ctx, s.DB, id)
+	if err != nil {
+		return false, notFound(err, "provider")
+	}
+	return row.UsePkce, nil
+}
+
+// CallbackResult says where the browser goes after the callback.
+type CallbackResult struct {
+	NextURL string // empty: answer {"status":"OK"}
+}
+
+// storedToken is the encrypted form of a connection's tokens.
+type storedToken struct {
+	AccessToken  string    `json:"access_token"`
+	RefreshToken string    `json:"refresh_token,omitempty"`
+	TokenType    string    `json:"token_type,omitempty"`
+	Expiry       time.Time `json:"expiry,omitzero"`
+}
+
+func tokenAAD(connectionID uuid.UUID) []byte {
+	return []byte("oauth2_connection/" + connectionID.String() + "/token")
+}
+
+var providerErrorPattern = regexp.MustCompile(`^[a-z_]{1,64}$`)
+
+// Callback completes a flow. The state is consumed first, so it can never be
+// used twice, even when the rest fails.
+func (s *Service) Callback(ctx context.Context, user *User, browserBinding, state, code, providerError string) (*CallbackResult, error) {
+	invalid := Errorf(EINVALID, "The authorization state is invalid, expired, used already, or belongs to another user or browser. Start again.")
+	if state == "" || len(state) > 200 {
+		return nil, invalid
+	}
+	var st *dbsqlc.Oauth2State
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		var err error
+		st, err = dbsqlc.New().StateConsume(ctx, tx, hashToken(state))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return invalid
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if time.Now().After(st.ExpiresAt) ||
+		subtle.ConstantTimeCompare([]byte(st.UserID), []byte(user.ID)) != 1 ||
+		subtle.ConstantTimeCompare(st.BrowserHash, hashToken(browserBinding)) != 1 {
+		return nil, invalid
+	}
+	fail := func(errCode string, appErr *Error) (*CallbackResult, error) {
+		if st.NextUrl != "" {
+			return &CallbackResult{NextURL: WithError(st.NextUrl, errCode)}, nil
+		}
+		return nil, appErr
+	}
+	if providerError != "" {
+		// error_description is the provider's free text: dropped, not echoed.
+		errCode := providerError
+		if !providerErrorPattern.MatchString(errCode) {
+			errCode = "provider_error"
+		}
+		return fail(errCode, Errorf(EINVALID, "The provider refused the authorization (%s).", errCode))
+	}
+	if code == "" || len(code) > 4096 {
+		return fail("invalid_request", Errorf(EINVALID, "The callback carries no authorization code."))
+	}
+	provider, endpoints, err := s.oauthProvider(ctx, s.DB, st.ProviderID)
+	if err != nil {
+		return nil, err
+	}
+	cfg := oauthclient.Config(provider, endpoints, s.redirectURL())
+	var opts []oauth2.AuthCodeOption
+	if len(st.CodeVerifierEnc) > 0 {
+		verifier, _, err := s.Keys.Decrypt(st.CodeVerifierEnc, st.StateHash)
+		if err != nil {
+			return nil, fmt.Errorf("error decrypting code verifier: %w", err)
+		}
+		opts = append(opts, oauth2.VerifierOption(string(verifier)))
+	}
+	tok, err := cfg.Exchange(s.OAuth.Client.Context(ctx), code, opts...)
+	if err != nil {
+		return fail("exchange_failed", &Error{Code: EINVALID, Message: "The provider did not accept the authorization code."})
+	}
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		q := dbsqlc.New()
+		row, err := q.ConnectionUpsertStatus(ctx, tx, &dbsqlc.ConnectionUpsertStatusParams{UserID: user.ID, ProviderID: st.ProviderID, Status: "connected"})
+		if err != nil {
+			if isForeignKeyViolation(err) {
+				return Errorf(ENOTFOUND, "The provider was deleted meanwhile.")
+			}
+			return fmt.Errorf("error writing connection: %w", err)
+		}
+		if err := s.storeToken(ctx, tx, row.ID, tok); err != nil {
+			return err
+		}
+		return s.Enqueuer.Connection(ctx, tx, st.ProviderID, user.ID, false)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &CallbackResult{NextURL: st.NextUrl}, nil
+}
+
+func (s *Service) storeToken(ctx context.Context, tx pgx.Tx, connectionID uuid.UUID, tok *oauth2.Token) error {
+	plain, err := json.Marshal(storedToken{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, TokenType: tok.TokenType, Expiry: tok.Expiry})
+	if err != nil {
+		return fmt.Errorf("error encoding token: %w", err)
+	}
+	enc, err := s.Keys.Encrypt(plain, tokenAAD(connectionID))
+	if err != nil {
+		return err
+	}
+	var expires *time.Time
+	if !tok.Expiry.IsZero() {
+		expires = &tok.Expiry
+	}
+	if err := dbsqlc.New().ConnectionSetToken(ctx, tx, &dbsqlc.ConnectionSetTokenParams{ID: connectionID, TokenEnc: enc, TokenExpiresAt: expires}); err != nil {
+		return fmt.Errorf("error storing token: %w", err)
+	}
+	return nil
+}
+
+func (s *Service) loadToken(connectionID uuid.UUID, enc []byte) (*storedToken, bool, error) {
+	plain, stale, err := s.Keys.Decrypt(enc, tokenAAD(connectionID))
+	if err != nil {
+		return nil, false, fmt.Errorf("error decrypting token: %w", err)
+	}
+	var st storedToken
+	if err := json.Unmarshal(plain, &st); err != nil {
+		return nil, false, fmt.Errorf("error decoding token: %w", err)
+	}
+	return &st, stale, nil
+}
+
+// AccessToken is what the token endpoint returns.
+type AccessToken struct {
+	AccessToken string     `json:"access_token"`
+	ExpiresAt   *time.Time `json:"expires_at"`
+}
+
+// refreshMargin refreshes tokens that would expire this soon.
+const refreshMargin = 30 * time.Second
+
+// ConnectionToken returns a valid access token of the user's connection,
+// refreshing it when it has expired. The row is locked for the refresh, so
+// two instances refreshing the same connection make one provider call: the
+// second waits, then finds the fresh token. A refresh the provider refuses
+// with invalid_grant marks the connection error, which revokes its access.
+func (s *Service) ConnectionToken(ctx context.Context, user *User, id uuid.UUID) (*AccessToken, error) {
+	var out *AccessToken
+	var refused bool
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		q := dbsqlc.New()
+		row, err := q.ConnectionGetForUpdate(ctx, tx, &dbsqlc.ConnectionGetForUpdateParams{ID: id, UserID: user.ID})
+		if err != nil {
+			return notFound(err, "connection")
+		}
+		if row.Status != "connected" || len(row.TokenEnc) == 0 {
+			return Errorf(ECONFLICT, "The connection is %s; connect again to get a token.", row.Status)
+		}
+		tok, stale, err := s.loadToken(row.ID, row.TokenEnc)
+		if err != nil {
+			return err
+		}
+		if tok.Expiry.IsZero() || time.Until(tok.Expiry) > refreshMargin {
+			if stale { // re-encrypt under the current key while we hold the row
+				if err := s.storeToken(ctx, tx, row.ID, &oauth2.Token{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, TokenType: tok.TokenType, Expiry: tok.Expiry}); err != nil {
+					return err
+				}
+			}
+			out = accessToken(tok.AccessToken, tok.Expiry)
+			return nil
+		}
+		if tok.RefreshToken == "" {
+			return Errorf(ECONFLICT, "The token has expired and cannot be refreshed; connect again.")
+		}
+		provider, endpoints, err := s.oauthProvider(ctx, tx, row.ProviderID)
+		if err != nil {
+			return err
+		}
+		cfg := oauthclient.Config(provider, endpoints, s.redirectURL())
+		fresh, err := cfg.TokenSource(s.OAuth.Client.Context(ctx), &oauth2.Token{
+			RefreshToken: tok.RefreshToken, Expiry: time.Now().Add(-time.Second),
+		}).Token()
+		switch {
+		case err != nil && oauthclient.IsInvalidGrant(err):
+			refused = true
+			if _, err := q.ConnectionUpsertStatus(ctx, tx, &dbsqlc.ConnectionUpsertStatusParams{UserID: user.ID, ProviderID: row.ProviderID, Status: "error"}); err != nil {
+				return fmt.Errorf("error marking connection broken: %w", err)
+			}
+			return s.Enqueuer.Connection(ctx, tx, row.ProviderID, user.ID, true)
+		case err != nil:
+			return &wrappedError{app: Errorf(EUNAVAILABLE, "The provider could not refresh the token; try again."), cause: err}
+		}
+		if fresh.RefreshToken == "" {
+			fresh.RefreshToken = tok.RefreshToken // not rotated: keep the old one
+		}
+		if err := s.storeToken(ctx, tx, row.ID, fresh); err != nil {
+			return err
+		}
+		out = accessToken(fresh.AccessToken, fresh.Expiry)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if refused {
+		return nil, Errorf(ECONFLICT, "The provider revoked this connection; connect again.")
+	}
+	return out, nil
+}
+
+func accessToken(token string, expiry time.Time) *AccessToken {
+	out := &AccessToken{AccessToken: token}
+	if !expiry.IsZero() {
+		out.ExpiresAt = &expiry
+	}
+	return out
+}

@@ -1,0 +1,98 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+
+	"github.com/tetherhq/tether/db/dbsqlc"
+	"github.com/tetherhq/tether/internal/keyring"
+	"github.com/tetherhq/tether/internal/oauthclient"
+)
+
+// RevokeTokenArgs names a queued token revocation. The token itself stays
+// encrypted in oauth2_token_revocations: job args are visible in River UI.
+type RevokeTokenArgs struct {
+	RevocationID uuid.UUID `json:"revocation_id"`
+}
+
+func (RevokeTokenArgs) Kind() string { return "tether.revoke_token" }
+
+func (RevokeTokenArgs) InsertOpts() river.InsertOpts {
+	// About a day of attempts with the backoff below.
+	return river.InsertOpts{MaxAttempts: 300, Priority: PriorityGrant}
+}
+
+// RevocationAAD binds an encrypted token awaiting revocation to its row.
+func RevocationAAD(id uuid.UUID) []byte {
+	return []byte("oauth2_token_revocation/" + id.String())
+}
+
+// Revocation inserts the job for a queued token revocation.
+func (e *Enqueuer) Revocation(ctx context.Context, tx pgx.Tx, id uuid.UUID) error {
+	if _, err := e.River.InsertTx(ctx, tx, RevokeTokenArgs{RevocationID: id}, nil); err != nil {
+		return fmt.Errorf("error inserting token revocation job: %w", err)
+	}
+	return nil
+}
+
+// RevokeWorker revokes a deleted connection's token at the provider
+// (RFC 7009), retrying while the provider is unavailable.
+type RevokeWorker struct {
+	river.WorkerDefaults[RevokeTokenArgs]
+	*Syncer
+}
+
+func (w *RevokeWorker) NextRetry(job *river.Job[RevokeTokenArgs]) time.Time {
+	return time.Now().Add(Backoff(job.Attempt, 5*time.Minute))
+}
+
+func (w *RevokeWorker) Work(ctx context.Context, job *river.Job[RevokeTokenArgs]) error {
+	q := dbsqlc.New()
+	row, err := q.RevocationGet(ctx, w.DB, job.Args.RevocationID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil // done already, or its provider was deleted
+	}
+	if err != nil {
+		return fmt.Errorf("error reading revocation: %w", err)
+	}
+	done := func() error {
+		if err := q.RevocationDelete(ctx, w.DB, row.ID); err != nil {
+			return fmt.Errorf("error deleting revocation: %w", err)
+		}
+		return nil
+	}
+	token, _, err := w.Keys.Decrypt(row.TokenEnc, RevocationAAD(row.ID))
+	if err != nil {
+		return river.JobCancel(fmt.Errorf("error decrypting token to revoke: %w", err))
+	}
+	provider := &oauthclient.Provider{ID: row.ProviderID, Kind: row.Kind, ClientID: row.ClientID, URL: row.Url,
+		AuthorizationURL: row.AuthorizationUrl, TokenURL: row.TokenUrl, RevocationURL: row.RevocationUrl, IssuerURL: row.IssuerUrl}
+	if len(row.ClientSecretEnc) > 0 {
+		secret, _, err := w.Keys.Decrypt(row.ClientSecretEnc, keyring.ClientSecretAAD(row.ProviderID))
+		if err != nil {
+			return river.JobCancel(fmt.Errorf("error decrypting client secret: %w", err))
+		}
+		provider.ClientSecret = string(secret)
+	}
+	endpoints, err := w.OAuth.Endpoints(ctx, provider)
+	if err != nil {
+		return fmt.Errorf("error resolving provider endpoints: %w", err)
+	}
+	if endpoints.RevocationURL == "" {
+		return done()
+	}
+	err = w.OAuth.Revoke(ctx, oauthclient.Config(provider, endpoints, ""), endpoints.RevocationURL, string(token), row.TokenHint)
+	if err != nil && errors.Is(err, oauthclient.ErrTemporary) {
+		return err // retried with backoff; the error text holds no token
+	}
+	if err != nil {
+		w.Logger.WarnContext(ctx, "provider refused token revocation; giving up", "provider_id", row.ProviderID, "error", err)
+	}
+	return done()
+}
