@@ -17,20 +17,24 @@ bin/spicedb: ## build the pinned SpiceDB into bin/ (once per machine, ~5 min col
 	@test -x $(SPICEDB_CACHE)/spicedb || GOBIN=$(SPICEDB_CACHE) $(GO) install github.com/authzed/spicedb/cmd/spicedb@$(SPICEDB_VERSION)
 	cp $(SPICEDB_CACHE)/spicedb bin/spicedb
 
-build: ## build tether and devstack into bin/
+build: ## build tether, devstack and devprovider into bin/
 	$(GO) build -o bin/tether ./cmd/tether
 	$(GO) build -o bin/devstack ./cmd/devstack
+	$(GO) build -o bin/devprovider ./cmd/devprovider
 
-run: build bin/spicedb ## run Tether on a local Postgres + SpiceDB (data kept in .dev/)
-	bin/devstack --dir .dev -- bash -c '\
-	  set -e; bin/tether migrate up; bin/tether migrate status; \
-	  echo; echo "Tether:      $${TETHER_PUBLIC_URL:-http://$${TETHER_HTTP_ADDR:-127.0.0.1:8080}}"; \
-	  echo "Readiness:   $${TETHER_PUBLIC_URL:-http://$${TETHER_HTTP_ADDR:-127.0.0.1:8080}}/readyz"; \
-	  echo "API spec:    $${TETHER_PUBLIC_URL:-http://$${TETHER_HTTP_ADDR:-127.0.0.1:8080}}/api/data/spec.json"; \
-	  echo "Admin token (user dev-admin):"; bin/tether token --sub dev-admin --admin; echo; \
-	  exec bin/tether serve'
+deps: ## install what the tests need and a fresh Debian machine lacks (Postgres server, chromium)
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+	  { echo "install the Postgres server binaries (apt-get install postgresql)"; exit 1; }
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  { echo "install chromium (apt-get install chromium): the browser tests need it"; exit 1; }
+	@[ "$$(id -u)" != 0 ] || id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
 
-test: build bin/spicedb ## run all tests (race detector) on a throwaway Postgres + SpiceDB
+run: build bin/spicedb ## run Tether + a dev OAuth2 provider on a local Postgres + SpiceDB (data kept in .dev/)
+	bin/devstack --dir .dev -- scripts/run.sh
+
+test: deps build bin/spicedb ## run all tests (race detector) on a throwaway Postgres + SpiceDB
 	bin/devstack --test -- $(GO) test $(TEST_FLAGS) ./...
 
 generate: ## regenerate sqlc code
@@ -42,4 +46,4 @@ verify: ## fail if generated code is stale, code is unformatted or vet complains
 	$(GO) vet ./...
 	$(GO) mod tidy -diff
 
-.PHONY: help build run test generate verify
+.PHONY: help build deps run test generate verify

@@ -94,6 +94,13 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
 }
 
+func riverLogger(w io.Writer, level string) *slog.Logger {
+	if level == "debug" {
+		return newLogger(w, level)
+	}
+	return newLogger(w, "warn")
+}
+
 // connect opens the pool and the SpiceDB client, checking both answer, so
 // that a wrong URL or endpoint fails at start naming its variable.
 func connect(ctx context.Context, cfg *app.Config) (*pgxpool.Pool, *jobs.SpiceDB, error) {

@@ -56,7 +56,9 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	riverClient, enqueuer, err := jobs.NewClient(pool, syncer, jobs.ClientConfig{
 		Work: work, MaxWorkers: cfg.MaxWorkers, FetchCooldown: cfg.FetchCooldown, FetchPollInterval: cfg.FetchPollInterval,
 		JobTimeout: cfg.JobTimeout, RescueStuckJobsAfter: cfg.RescueStuckJobsAfter, ReconcileInterval: cfg.ReconcileInterval,
-		Logger: logger,
+		// River reports routine counts at info every few seconds: keep its
+		// warnings and errors only, unless debugging.
+		Logger: riverLogger(stdout, cfg.LogLevel),
 	})
 	if err != nil {
 		return err

@@ -51,6 +51,8 @@ type TetherOpts struct {
 	Client func(*jobs.ClientConfig)
 	// SpiceDB adds dial options, e.g. fault injection.
 	SpiceDB func(*jobs.SpiceDBConfig)
+	// Logger receives the engine's logs (River's included); default: none.
+	Logger *slog.Logger
 }
 
 // TestKeyRing is a fixed key ring for tests.
@@ -72,6 +74,9 @@ func StartTether(tb testing.TB, opts TetherOpts) *Tether {
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		logger = slog.New(slog.NewTextHandler(tbWriter{tb}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	if opts.Logger != nil {
+		logger = opts.Logger
 	}
 	oauth := oauthclient.New(5 * time.Second)
 	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: 200 * time.Millisecond, Keys: keys, OAuth: oauth}
