@@ -37,6 +37,13 @@ run: build bin/spicedb ## run Tether + a dev OAuth2 provider on a local Postgres
 test: deps build bin/spicedb ## run all tests (race detector) on a throwaway Postgres + SpiceDB
 	bin/devstack --test -- $(GO) test $(TEST_FLAGS) ./...
 
+FUZZTIME ?= 2m
+fuzz: build bin/spicedb ## run every fuzz target for FUZZTIME (default 2m each)
+	bin/devstack --test -- bash -c 'set -e; \
+	  for target in app:FuzzValidateNextURL app:FuzzDecodeJSON jobs:FuzzSubjectID; do \
+	    $(GO) test -run "^$$" -fuzz "^$${target#*:}$$" -fuzztime $(FUZZTIME) -parallel 2 ./$${target%%:*}; \
+	  done'
+
 generate: ## regenerate sqlc code
 	$(GO) run github.com/sqlc-dev/sqlc/cmd/sqlc@$(SQLC_VERSION) generate
 
@@ -46,4 +53,4 @@ verify: ## fail if generated code is stale, code is unformatted or vet complains
 	$(GO) vet ./...
 	$(GO) mod tidy -diff
 
-.PHONY: help build deps run test generate verify
+.PHONY: help build deps run test fuzz generate verify

@@ -56,8 +56,12 @@ func DecodeJSON(r *http.Request, v any) error {
 		}
 		return Errorf(EINVALID, "The body could not be read.")
 	}
-	if len(bytes.TrimSpace(body)) == 0 {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
 		return Errorf(EINVALID, "The body is empty; a JSON value is required.")
+	}
+	if trimmed[0] != '{' && trimmed[0] != '[' {
+		return Errorf(EINVALID, "The body must be a JSON object or array.")
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()

@@ -62,11 +62,13 @@ func ValidateNextURL(raw string, allowedOrigins []string) (string, error) {
 	if err != nil || u.User != nil || u.Opaque != "" {
 		return "", bad
 	}
+	// The string is stored and used exactly as given: re-serializing a parsed
+	// URL can turn "/%2F…" into "//…", a link to another host.
 	if strings.HasPrefix(raw, "/") {
 		if strings.HasPrefix(raw, "//") || u.Scheme != "" || u.Host != "" {
 			return "", bad
 		}
-		return u.String(), nil
+		return raw, nil
 	}
 	if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return "", bad
@@ -74,22 +76,25 @@ func ValidateNextURL(raw string, allowedOrigins []string) (string, error) {
 	origin := u.Scheme + "://" + strings.ToLower(u.Host)
 	for _, allowed := range allowedOrigins {
 		if subtle.ConstantTimeCompare([]byte(origin), []byte(allowed)) == 1 {
-			return u.String(), nil
+			return raw, nil
 		}
 	}
 	return "", bad
 }
 
-// WithError adds error=code to a validated next URL.
+// WithError adds error=code to a validated next URL, by appending to the
+// string (never by re-serializing it: see ValidateNextURL).
 func WithError(next, code string) string {
-	u, err := url.Parse(next)
-	if err != nil {
-		return next
+	base, fragment, hasFragment := strings.Cut(next, "#")
+	sep := "?"
+	if strings.Contains(base, "?") {
+		sep = "&"
 	}
-	q := u.Query()
-	q.Set("error", code)
-	u.RawQuery = q.Encode()
-	return u.String()
+	out := base + sep + "error=" + url.QueryEscape(code)
+	if hasFragment {
+		out += "#" + fragment
+	}
+	return out
 }
 
 func randomToken() string {

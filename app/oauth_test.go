@@ -3,6 +3,7 @@ package app_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/tetherhq/tether/app"
+	"github.com/tetherhq/tether/internal/keyring"
 	"github.com/tetherhq/tether/internal/oauthtest"
 	"github.com/tetherhq/tether/internal/testenv"
 	"github.com/tetherhq/tether/jobs"
@@ -332,7 +334,7 @@ func TestOAuthStateChecks(t *testing.T) {
 		denied := b.url + app.CallbackPath + "?error=access_denied&error_description=%3Cscript%3E&state=" + url.QueryEscape(authURL.Query().Get("state"))
 		resp, _ := get(t, alice, denied)
 		require.Equal(t, http.StatusFound, resp.StatusCode)
-		require.Equal(t, "/ui/?error=access_denied&tab=services", resp.Header.Get("Location"))
+		require.Equal(t, "/ui/?tab=services&error=access_denied", resp.Header.Get("Location"))
 		conn := b.connection(t, "alice-denied")
 		require.Equal(t, "pending", conn.Status)
 		var tokenStored bool
@@ -470,4 +472,35 @@ func revokeAtProvider(t *testing.T, op *oauthtest.Provider, refreshToken string)
 
 func expiredToken(refresh string) *oauth2.Token {
 	return &oauth2.Token{RefreshToken: refresh, Expiry: time.Now().Add(-time.Minute)}
+}
+
+// Rotation: put a new key first, run RotateKeys, drop the old key: every
+// secret still opens.
+func TestKeyRotation(t *testing.T) {
+	t.Parallel()
+	b := setupOAuth(t)
+	ctx := context.Background()
+	alice := b.browser(t, "alice")
+	b.connect(t, alice)
+	conn := b.connection(t, "alice")
+
+	newKey := "k2:" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
+	both, err := keyring.Parse(newKey + "," + testenv.TestKeyRing)
+	require.NoError(t, err)
+	svc := *b.tt.Service
+	svc.Keys = both
+	report, err := svc.RotateKeys(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 2, report.ReEncrypted, "the client secret and the token")
+	require.Zero(t, report.Undecryptable)
+	again, err := svc.RotateKeys(ctx)
+	require.NoError(t, err)
+	require.Zero(t, again.ReEncrypted, "idempotent")
+
+	onlyNew, err := keyring.Parse(newKey)
+	require.NoError(t, err)
+	svc.Keys = onlyNew
+	tok, err := svc.ConnectionToken(ctx, &app.User{ID: "alice"}, conn.ID)
+	require.NoError(t, err)
+	require.NotEmpty(t, tok.AccessToken)
 }

@@ -24,6 +24,7 @@ commands:
   migrate up|down|status          Postgres (Tether, River) and SpiceDB schema
   reconcile [--dry-run] [--output text|json]
                                   compare SpiceDB with the database and repair it
+  keys rotate                     re-encrypt secrets at rest under the first key of TETHER_ENCRYPTION_KEYS
   token --sub ID [--admin] [--ttl 1h]
                                   print an HS256 JWT signed with TETHER_AUTH_HMAC_SECRET
 

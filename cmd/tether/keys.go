@@ -1,0 +1,46 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/tetherhq/tether/app"
+)
+
+// runKeys re-encrypts secrets at rest under the first key of
+// TETHER_ENCRYPTION_KEYS (rotation: put the new key first, run this, then
+// drop the old key).
+func runKeys(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	if len(args) != 1 || args[0] != "rotate" {
+		return &exitError{code: 2, err: fmt.Errorf("usage: tether keys rotate")}
+	}
+	cfg, err := app.LoadConfig(getenv, app.ScopeDatabase)
+	if err != nil {
+		return err
+	}
+	if cfg.EncryptionKeys == nil {
+		return &app.ConfigError{Variable: "TETHER_ENCRYPTION_KEYS", Problem: "required to re-encrypt secrets"}
+	}
+	pool, spice, err := connect(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	defer spice.Close()
+	if err := checkMigrations(ctx, pool); err != nil {
+		return err
+	}
+	svc := &app.Service{DB: pool, Keys: cfg.EncryptionKeys}
+	r, err := svc.RotateKeys(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "checked %d secrets, re-encrypted %d under key %q", r.Checked, r.ReEncrypted, cfg.EncryptionKeys.PrimaryKeyID())
+	if r.Undecryptable > 0 {
+		fmt.Fprintf(stdout, "; %d decrypt with no configured key (left alone)\n", r.Undecryptable)
+		return &exitError{code: 1, err: fmt.Errorf("%d secrets decrypt with no configured key", r.Undecryptable)}
+	}
+	fmt.Fprintln(stdout)
+	return nil
+}
