@@ -44,6 +44,11 @@ fuzz: build bin/spicedb ## run every fuzz target for FUZZTIME (default 2m each)
 	    $(GO) test -run "^$$" -fuzz "^$${target#*:}$$" -fuzztime $(FUZZTIME) -parallel 2 ./$${target%%:*}; \
 	  done'
 
+alerts: ## check and unit-test the Prometheus alert rules (promtool)
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
+	  { echo "install promtool (apt-get install prometheus)"; exit 1; }
+	cd deploy/prometheus && promtool check rules tether-alerts.yml && promtool test rules tether-alerts.test.yml
+
 generate: ## regenerate sqlc code
 	$(GO) run github.com/sqlc-dev/sqlc/cmd/sqlc@$(SQLC_VERSION) generate
 
@@ -53,4 +58,4 @@ verify: ## fail if generated code is stale, code is unformatted or vet complains
 	$(GO) vet ./...
 	$(GO) mod tidy -diff
 
-.PHONY: help build deps run test fuzz generate verify
+.PHONY: help build deps run test fuzz alerts generate verify

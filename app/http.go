@@ -51,6 +51,8 @@ type ServerDeps struct {
 	// worker) only the probes and metrics are served.
 	API bool
 	UI  UIConfig
+	// RiverUI, if set, is mounted at /riverui/ for admins.
+	RiverUI http.Handler
 }
 
 // NewServer wires every route in one place, so the surface can be audited
@@ -87,6 +89,11 @@ func NewServer(d ServerDeps) *Server {
 		return s
 	}
 	s.registerUI(d.UI)
+	if d.RiverUI != nil {
+		// River UI shows job args and errors and can cancel or retry jobs:
+		// admins only, with the same token (bearer or cookie).
+		e.Any("/riverui*", echo.WrapHandler(d.RiverUI), s.authenticate, requireAdmin)
+	}
 	api := e.Group("/api/data")
 	api.GET("/spec.json", func(c echo.Context) error { return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, openAPISpec) })
 
@@ -183,9 +190,10 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		s.httpReq.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
 		s.httpDur.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
 		level := slog.LevelDebug
-		if status >= 500 {
+		probe := route == "/healthz" || route == "/readyz" || route == "/metrics"
+		if status >= 500 && !probe {
 			level = slog.LevelError
-		} else if status >= 400 {
+		} else if status >= 400 && !probe {
 			level = slog.LevelInfo
 		}
 		s.logger.Log(c.Request().Context(), level, "request",

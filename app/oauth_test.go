@@ -27,6 +27,7 @@ import (
 	"github.com/tetherhq/tether/internal/oauthtest"
 	"github.com/tetherhq/tether/internal/testenv"
 	"github.com/tetherhq/tether/jobs"
+	"riverqueue.com/riverui"
 )
 
 // syncBuffer collects logs from many goroutines.
@@ -62,14 +63,32 @@ const clientSecret = "client-secret-that-must-never-leak"
 
 func setupOAuth(t *testing.T) *oauthBundle {
 	t.Helper()
+	return setupServer(t, testenv.TetherOpts{})
+}
+
+// setupServer starts the whole service as `tether serve` wires it: engine,
+// HTTP server with metrics and River UI, and a real OAuth2 provider.
+func setupServer(t *testing.T, opts testenv.TetherOpts) *oauthBundle {
+	t.Helper()
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	tt := testenv.StartTether(t, testenv.TetherOpts{Logger: logger})
+	registry := prometheus.NewRegistry()
+	opts.Logger = logger
+	opts.Metrics = jobs.NewMetrics(registry)
+	tt := testenv.StartTether(t, opts)
+	jobs.RegisterStateGauges(registry, tt.DB, tt.SpiceDB)
 	auth, err := app.NewAuthenticator(context.Background(), &app.Config{AuthHMACSecret: []byte(testSecret), AuthAdminRole: "tether-admin"})
 	require.NoError(t, err)
+	uiCtx, stopUI := context.WithCancel(context.Background())
+	t.Cleanup(stopUI)
+	riverUI, err := riverui.NewHandler(&riverui.HandlerOpts{
+		Endpoints: riverui.NewEndpoints(tt.River, nil), Logger: logger, Prefix: "/riverui",
+	})
+	require.NoError(t, err)
+	require.NoError(t, riverUI.Start(uiCtx))
 	server := app.NewServer(app.ServerDeps{
 		Service: tt.Service, Auth: auth, Logger: logger, SpiceDB: tt.SpiceDB, Cookie: "tether_token",
-		Registry: prometheus.NewRegistry(), API: true,
+		Registry: registry, API: true, RiverUI: riverUI,
 		UI: app.UIConfig{DevLogin: true, HMACSecret: []byte(testSecret), AdminRole: "tether-admin"},
 	})
 	ts := httptest.NewServer(server.Echo)

@@ -361,13 +361,16 @@ func (s *Service) ProviderDelete(ctx context.Context, id string) error {
 
 // Pool is a resource pool as the API shows it.
 type Pool struct {
-	ID        int64     `json:"id"`
-	Name      string    `json:"name"`
-	Public    bool      `json:"public"`
-	Default   bool      `json:"default"`
-	Remote    *Remote   `json:"remote"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	ID      int64   `json:"id"`
+	Name    string  `json:"name"`
+	Public  bool    `json:"public"`
+	Default bool    `json:"default"`
+	Remote  *Remote `json:"remote"`
+	// Sync says whether the pool's own relationships (link, public, manual
+	// viewers) are applied in SpiceDB yet.
+	Sync      SyncStatus `json:"sync"`
+	CreatedAt time.Time  `json:"created_at"`
+	UpdatedAt time.Time  `json:"updated_at"`
 }
 
 // Remote links a pool to the provider whose connected users may view it.
@@ -437,6 +440,7 @@ func (s *Service) PoolCreate(ctx context.Context, in *PoolInput) (*Pool, error) 
 			return fmt.Errorf("error inserting pool: %w", err)
 		}
 		out = poolFromRow(row)
+		out.Sync = SyncStatus{State: "pending"}
 		return s.Enqueuer.Pool(ctx, tx, row.ID, false)
 	})
 	return out, err
@@ -458,7 +462,33 @@ func (s *Service) PoolList(ctx context.Context, user *User) ([]*Pool, error) {
 	for i, r := range rows {
 		out[i] = poolFromRow(r)
 	}
+	if err := s.attachPoolSync(ctx, out); err != nil {
+		return nil, err
+	}
 	return out, nil
+}
+
+// attachPoolSync fills in each pool's sync status.
+func (s *Service) attachPoolSync(ctx context.Context, pools []*Pool) error {
+	ids := make([]int64, len(pools))
+	for i, p := range pools {
+		ids[i] = p.ID
+		p.Sync = SyncStatus{State: "pending"}
+	}
+	states, err := q.SyncPoolStates(ctx, s.DB, ids)
+	if err != nil {
+		return unavailable(fmt.Errorf("error reading sync states: %w", err))
+	}
+	byID := make(map[int64]*dbsqlc.SyncPoolStatesRow, len(states))
+	for _, st := range states {
+		byID[st.ResourcePoolID] = st
+	}
+	for _, p := range pools {
+		if st := byID[p.ID]; st != nil {
+			p.Sync = syncStatus(&st.Generation, &st.AppliedGeneration, st.AppliedAt, st.LastError)
+		}
+	}
+	return nil
 }
 
 // PoolGet returns one pool if the user may view it; otherwise it does not
@@ -518,6 +548,7 @@ func (s *Service) PoolUpdate(ctx context.Context, id int64, in *PoolInput) (*Poo
 			return fmt.Errorf("error updating pool: %w", err)
 		}
 		out = poolFromRow(row)
+		out.Sync = SyncStatus{State: "pending"}
 		revoke := (cur.Public && !row.Public) || (cur.RemoteProviderID != nil &&
 			(row.RemoteProviderID == nil || *row.RemoteProviderID != *cur.RemoteProviderID))
 		return s.Enqueuer.Pool(ctx, tx, id, revoke)

@@ -2,64 +2,65 @@ package jobs
 
 import (
 	"context"
+	"errors"
 	"math"
 	"strconv"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
+	"google.golang.org/grpc/status"
 
 	"github.com/tetherhq/tether/db/dbsqlc"
-	"google.golang.org/grpc/status"
 )
 
-// Metrics are the sync engine's Prometheus metrics. A nil *Metrics records
-// nothing, so tools and tests need not register any.
+// Metrics are the sync engine's Prometheus metrics. Labels are low
+// cardinality by construction: key kinds, job kinds, gRPC codes, outcomes;
+// never a user, pool or provider id. A nil *Metrics records nothing.
 type Metrics struct {
 	SpiceDBWriteSeconds *prometheus.HistogramVec
+	SyncLagSeconds      *prometheus.HistogramVec
 	SyncApplied         *prometheus.CounterVec
 	SyncFenceRetries    prometheus.Counter
 	SyncFailures        *prometheus.CounterVec
-	ReconcileDrift      *prometheus.GaugeVec
-	ReconcileLastRun    prometheus.Gauge
-	ReconcileDuration   prometheus.Gauge
+	Jobs                *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
+	latency := prometheus.ExponentialBuckets(0.0005, 2, 18) // 0.5 ms … ~65 s
 	m := &Metrics{
 		SpiceDBWriteSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "tether_spicedb_write_duration_seconds",
-			Help:    "Latency of SpiceDB WriteRelationships calls made by sync jobs, by gRPC code.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+			Help:    "Latency of SpiceDB WriteRelationships calls made by sync jobs, by gRPC code (OK or the error).",
+			Buckets: latency,
 		}, []string{"code"}),
+		SyncLagSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tether_sync_lag_seconds",
+			Help:    "Time from the transaction that changed a sync key to the SpiceDB write that applied it, by key kind.",
+			Buckets: latency,
+		}, []string{"kind"}),
 		SyncApplied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_sync_applied_total",
 			Help: "Sync keys applied to SpiceDB, by key kind.",
 		}, []string{"kind"}),
 		SyncFenceRetries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tether_sync_fence_retries_total",
-			Help: "Times a sync job found its key changed while it wrote and wrote again.",
+			Help: "Times a sync job found its key changed while it wrote, and wrote again.",
 		}),
 		SyncFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_sync_failures_total",
-			Help: "Failed sync attempts, by key kind and whether the error was transient (retried) or not (job cancelled).",
+			Help: "Failed sync attempts, by key kind and whether the error was transient (retried) or not (job cancelled, key stalled).",
 		}, []string{"kind", "transient"}),
-		ReconcileDrift: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "tether_reconcile_drift_relationships",
-			Help: "Relationships the last reconcile found missing from or extra in SpiceDB.",
-		}, []string{"kind"}),
-		ReconcileLastRun: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "tether_reconcile_last_run_timestamp_seconds",
-			Help: "When the last reconcile finished.",
-		}),
-		ReconcileDuration: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "tether_reconcile_duration_seconds",
-			Help: "How long the last reconcile took.",
-		}),
+		Jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_jobs_total",
+			Help: "Job attempts finished by this process, by job kind and outcome (completed, failed, cancelled, discarded, snoozed).",
+		}, []string{"job_kind", "outcome"}),
 	}
-	reg.MustRegister(m.SpiceDBWriteSeconds, m.SyncApplied, m.SyncFenceRetries, m.SyncFailures,
-		m.ReconcileDrift, m.ReconcileLastRun, m.ReconcileDuration)
+	reg.MustRegister(m.SpiceDBWriteSeconds, m.SyncLagSeconds, m.SyncApplied, m.SyncFenceRetries, m.SyncFailures, m.Jobs)
 	return m
 }
 
@@ -70,12 +71,15 @@ func (m *Metrics) observeWrite(started time.Time, err error) {
 	m.SpiceDBWriteSeconds.WithLabelValues(status.Code(unwrapStatus(err)).String()).Observe(time.Since(started).Seconds())
 }
 
-func (m *Metrics) observeApplied(kind string, fenceRetries int) {
+func (m *Metrics) observeApplied(kind string, fenceRetries int, changedAt time.Time) {
 	if m == nil {
 		return
 	}
 	m.SyncApplied.WithLabelValues(kind).Inc()
 	m.SyncFenceRetries.Add(float64(fenceRetries))
+	if changedAt.After(time.Unix(0, 0)) { // epoch: the key has no recorded change
+		m.SyncLagSeconds.WithLabelValues(kind).Observe(max(0, time.Since(changedAt).Seconds()))
+	}
 }
 
 func (m *Metrics) observeFailure(kind string, transient bool) {
@@ -85,47 +89,113 @@ func (m *Metrics) observeFailure(kind string, transient bool) {
 	m.SyncFailures.WithLabelValues(kind, strconv.FormatBool(transient)).Inc()
 }
 
-func (m *Metrics) observeReconcile(r *ReconcileReport) {
-	if m == nil {
-		return
-	}
-	m.ReconcileDrift.WithLabelValues("missing").Set(float64(r.Missing))
-	m.ReconcileDrift.WithLabelValues("extra").Set(float64(r.Extra))
-	m.ReconcileLastRun.Set(float64(time.Now().Unix()))
-	m.ReconcileDuration.Set(r.Duration.Seconds())
+// middleware counts job outcomes by kind. (River's completion events miss
+// sync jobs: they complete inside their own fence transaction.)
+func (m *Metrics) middleware() rivertype.Middleware {
+	return river.WorkerMiddlewareFunc(func(ctx context.Context, job *rivertype.JobRow, doInner func(context.Context) error) error {
+		err := doInner(ctx)
+		if m == nil {
+			return err
+		}
+		var cancelErr *river.JobCancelError
+		var snoozeErr *river.JobSnoozeError
+		outcome := "failed"
+		switch {
+		case err == nil:
+			outcome = "completed"
+		case errors.As(err, &cancelErr):
+			outcome = "cancelled"
+		case errors.As(err, &snoozeErr):
+			outcome = "snoozed"
+		case job.Attempt >= job.MaxAttempts:
+			outcome = "discarded"
+		}
+		m.Jobs.WithLabelValues(job.Kind, outcome).Inc()
+		return err
+	})
 }
 
-// RegisterSyncGauges exports, on every scrape, the age of the oldest change
-// not yet applied to SpiceDB (and of the oldest revocation among them), and
-// how many keys wait or are stalled. Read from Postgres, so any replica
-// reports the same truth.
-func (m *Metrics) RegisterSyncGauges(reg prometheus.Registerer, db *pgxpool.Pool) {
-	read := func() *dbsqlc.SyncOldestPendingRow {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+// RegisterStateGauges exports, on every scrape, what only the database and
+// SpiceDB know, so every replica reports the same truth: the age of the
+// oldest unapplied change and revocation, pending and stalled keys, the last
+// reconcile (whoever ran it), and whether SpiceDB answers with Tether's schema.
+func RegisterStateGauges(reg prometheus.Registerer, db *pgxpool.Pool, spice *SpiceDB) {
+	q := dbsqlc.New()
+	scrapeCtx := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), 2*time.Second)
+	}
+	pending := func() *dbsqlc.SyncOldestPendingRow {
+		ctx, cancel := scrapeCtx()
 		defer cancel()
-		row, err := dbsqlc.New().SyncOldestPending(ctx, db)
+		row, err := q.SyncOldestPending(ctx, db)
 		if err != nil {
-			return &dbsqlc.SyncOldestPendingRow{OldestPendingAgeSeconds: math.NaN(), OldestRevokePendingAgeSeconds: math.NaN(),
-				PendingKeys: -1, StalledKeys: -1}
+			nan := math.NaN()
+			return &dbsqlc.SyncOldestPendingRow{OldestPendingAgeSeconds: nan, OldestRevokePendingAgeSeconds: nan, PendingKeys: -1, StalledKeys: -1}
 		}
 		return row
 	}
+	lastRun := func(pick func(*dbsqlc.ReconcileRun) float64) func() float64 {
+		return func() float64 {
+			ctx, cancel := scrapeCtx()
+			defer cancel()
+			run, err := q.ReconcileRunLatest(ctx, db)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return 0
+			}
+			if err != nil {
+				return math.NaN()
+			}
+			return pick(run)
+		}
+	}
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
 	reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "tether_sync_oldest_unapplied_change_age_seconds",
-			Help: "Age of the oldest change not yet applied to SpiceDB (0 when all are applied).",
-		}, func() float64 { return read().OldestPendingAgeSeconds }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "tether_sync_oldest_unapplied_revocation_age_seconds",
-			Help: "Age of the oldest change that may revoke access and is not yet applied to SpiceDB.",
-		}, func() float64 { return read().OldestRevokePendingAgeSeconds }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "tether_sync_pending_keys",
-			Help: "Sync keys with a change not yet applied.",
-		}, func() float64 { return float64(read().PendingKeys) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "tether_sync_stalled_keys",
-			Help: "Sync keys whose job stopped on a permanent error (the reconciler retries them).",
-		}, func() float64 { return float64(read().StalledKeys) }),
+		gauge("tether_sync_oldest_unapplied_change_age_seconds",
+			"Age of the oldest change not yet applied to SpiceDB (0 when all are applied).",
+			func() float64 { return pending().OldestPendingAgeSeconds }),
+		gauge("tether_sync_oldest_unapplied_revocation_age_seconds",
+			"Age of the oldest change that may revoke access and is not yet applied to SpiceDB (0 when none).",
+			func() float64 { return pending().OldestRevokePendingAgeSeconds }),
+		gauge("tether_sync_pending_keys", "Sync keys with a change not yet applied.",
+			func() float64 { return float64(pending().PendingKeys) }),
+		gauge("tether_sync_stalled_keys", "Sync keys whose job stopped on a permanent error (the reconciler retries them).",
+			func() float64 { return float64(pending().StalledKeys) }),
+		gauge("tether_reconcile_last_run_timestamp_seconds", "When the last reconcile finished (0: never).",
+			lastRun(func(r *dbsqlc.ReconcileRun) float64 { return float64(r.FinishedAt.Unix()) })),
+		gauge("tether_reconcile_last_duration_seconds", "How long the last reconcile took.",
+			lastRun(func(r *dbsqlc.ReconcileRun) float64 { return r.FinishedAt.Sub(r.StartedAt).Seconds() })),
+		gauge("tether_reconcile_last_success", "Whether the last reconcile finished without error (1) or not (0).",
+			lastRun(func(r *dbsqlc.ReconcileRun) float64 {
+				if r.Error != nil {
+					return 0
+				}
+				return 1
+			})),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_reconcile_drift_relationships",
+			Help: "Relationships the last reconcile found out of step on settled keys.", ConstLabels: prometheus.Labels{"kind": "missing"}},
+			lastRun(func(r *dbsqlc.ReconcileRun) float64 { return float64(r.Missing) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_reconcile_drift_relationships",
+			Help: "Relationships the last reconcile found out of step on settled keys.", ConstLabels: prometheus.Labels{"kind": "extra"}},
+			lastRun(func(r *dbsqlc.ReconcileRun) float64 { return float64(r.Extra) })),
+		gauge("tether_spicedb_up", "Whether SpiceDB answered the last scrape's schema read (1) or not (0).",
+			func() float64 {
+				ctx, cancel := scrapeCtx()
+				defer cancel()
+				if _, err := spice.CheckSchema(ctx); err != nil {
+					return 0
+				}
+				return 1
+			}),
+		gauge("tether_spicedb_schema_current", "Whether SpiceDB holds exactly Tether's schema (0 after a wipe, until reconcile).",
+			func() float64 {
+				ctx, cancel := scrapeCtx()
+				defer cancel()
+				if st, err := spice.CheckSchema(ctx); err != nil || st != SchemaCurrent {
+					return 0
+				}
+				return 1
+			}),
 	)
 }

@@ -35,9 +35,11 @@ type ReconcileReport struct {
 	Duration  time.Duration `json:"duration_ns"`
 	DryRun    bool          `json:"dry_run"`
 	Schema    string        `json:"schema"` // what the schema was before the run: current, missing, different
-	// Desired and Actual count relationships in Postgres and in SpiceDB.
+	// Desired and Actual count relationships in Postgres and in SpiceDB;
+	// Checked counts both together (each relationship once).
 	Desired int64 `json:"desired"`
 	Actual  int64 `json:"actual"`
+	Checked int64 `json:"checked"`
 	// Missing and Extra count drift on settled keys: relationships SpiceDB
 	// lacks or should not have although no change is waiting to be applied.
 	Missing int64 `json:"missing"`
@@ -48,6 +50,8 @@ type ReconcileReport struct {
 	// under the repair or stalled, whose sync job was inserted again.
 	Repaired int64 `json:"repaired"`
 	Requeued int64 `json:"requeued"`
+
+	pendingTouches int64
 }
 
 // Drift is the number of relationships out of step on settled keys.
@@ -88,6 +92,7 @@ func (r *Reconciler) Run(ctx context.Context, opts ReconcileOpts) (*ReconcileRep
 
 	runErr := r.run(ctx, report, opts.DryRun, progress)
 	report.Duration = time.Since(report.StartedAt)
+	report.Checked = report.Actual + report.Missing + report.pendingTouches
 	var errText *string
 	if runErr != nil {
 		s := ScrubError(runErr)
@@ -95,16 +100,12 @@ func (r *Reconciler) Run(ctx context.Context, opts ReconcileOpts) (*ReconcileRep
 	}
 	if _, err := q.ReconcileRunInsert(context.WithoutCancel(ctx), r.DB, &dbsqlc.ReconcileRunInsertParams{
 		StartedAt: report.StartedAt, FinishedAt: time.Now(), DryRun: opts.DryRun,
-		Checked: max(report.Desired, report.Actual), Missing: report.Missing, Extra: report.Extra,
+		Checked: report.Actual + report.Missing + report.pendingTouches, Missing: report.Missing, Extra: report.Extra,
 		Repaired: report.Repaired, Error: errText,
 	}); err != nil && runErr == nil {
 		runErr = fmt.Errorf("error recording reconcile run: %w", err)
 	}
-	if runErr != nil {
-		return report, runErr
-	}
-	r.Metrics.observeReconcile(report)
-	return report, nil
+	return report, runErr
 }
 
 func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bool, progress func(string, int64)) error {
@@ -186,6 +187,9 @@ func (r *Reconciler) repairPage(ctx context.Context, report *ReconcileReport, pa
 		switch {
 		case d.Pending:
 			report.Pending++
+			if d.Operation == "touch" {
+				report.pendingTouches++
+			}
 		case d.Operation == "touch":
 			report.Missing++
 		default:

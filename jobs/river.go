@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
 )
 
 // ClientConfig tunes the River client that carries the outbox.
@@ -65,6 +66,7 @@ func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (*river.Clien
 		RescueStuckJobsAfter: cfg.RescueStuckJobsAfter,
 		Logger:               cfg.Logger,
 		MaxAttempts:          maxSyncAttempts,
+		Middleware:           []rivertype.Middleware{syncer.Metrics.middleware()},
 		Workers:              workers,
 	}
 	if cfg.Work {

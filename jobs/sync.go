@@ -156,14 +156,15 @@ func (w *ConnectionWorker) Work(ctx context.Context, job *river.Job[SyncConnecti
 	args := job.Args
 	keyID := ConnectionKeyID(args.ProviderID, args.UserID)
 	rel := Relationship{TypeOAuth2Client, args.ProviderID, RelConnected, TypeUser, SubjectID(args.UserID)}
-	return runFenced(ctx, w.Syncer, job, KeyKindConnection, keyID, func(ctx context.Context) (int64, []Update, error) {
+	return runFenced(ctx, w.Syncer, job, KeyKindConnection, keyID, func(ctx context.Context) (syncPlan, error) {
 		desired, err := dbsqlc.New().SyncConnectionDesired(ctx, w.DB, &dbsqlc.SyncConnectionDesiredParams{
 			KeyID: keyID, ProviderID: args.ProviderID, UserID: args.UserID,
 		})
 		if err != nil {
-			return 0, nil, fmt.Errorf("error reading connection state: %w", err)
+			return syncPlan{}, fmt.Errorf("error reading connection state: %w", err)
 		}
-		return desired.Generation, []Update{{Relationship: rel, Delete: !desired.Connected}}, nil
+		return syncPlan{generation: desired.Generation, changedAt: desired.ChangedAt,
+			updates: []Update{{Relationship: rel, Delete: !desired.Connected}}}, nil
 	})
 }
 
@@ -182,10 +183,10 @@ func (w *PoolWorker) NextRetry(job *river.Job[SyncPoolArgs]) time.Time {
 func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) error {
 	poolID := job.Args.ResourcePoolID
 	resourceID := fmt.Sprint(poolID)
-	return runFenced(ctx, w.Syncer, job, KeyKindPool, resourceID, func(ctx context.Context) (int64, []Update, error) {
+	return runFenced(ctx, w.Syncer, job, KeyKindPool, resourceID, func(ctx context.Context) (syncPlan, error) {
 		desired, err := dbsqlc.New().SyncPoolDesired(ctx, w.DB, &dbsqlc.SyncPoolDesiredParams{KeyID: resourceID, ResourcePoolID: poolID})
 		if err != nil {
-			return 0, nil, fmt.Errorf("error reading pool state: %w", err)
+			return syncPlan{}, fmt.Errorf("error reading pool state: %w", err)
 		}
 		want := map[Relationship]bool{}
 		if desired.PoolExists {
@@ -201,7 +202,7 @@ func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) err
 		}
 		actual, err := w.SpiceDB.ReadResource(ctx, TypeResourcePool, resourceID)
 		if err != nil {
-			return 0, nil, err
+			return syncPlan{}, err
 		}
 		updates := make([]Update, 0, len(want))
 		for rel := range want {
@@ -212,8 +213,16 @@ func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) err
 				updates = append(updates, Update{Relationship: rel, Delete: true})
 			}
 		}
-		return desired.Generation, updates, nil
+		return syncPlan{generation: desired.Generation, changedAt: desired.ChangedAt, updates: updates}, nil
 	})
+}
+
+// syncPlan is what a key's job writes, read in one snapshot with the key's
+// generation and the time of its newest change.
+type syncPlan struct {
+	generation int64
+	changedAt  time.Time
+	updates    []Update
 }
 
 // runFenced is the heart of the sync: read the key's desired relationships and
@@ -223,10 +232,11 @@ func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) err
 // have written the newer state before this job's write landed, so go round
 // again: the last write for a key is always made from its newest state.
 func runFenced[T river.JobArgs](ctx context.Context, s *Syncer, job *river.Job[T], kind, keyID string,
-	plan func(ctx context.Context) (int64, []Update, error),
+	plan func(ctx context.Context) (syncPlan, error),
 ) error {
 	for round := 0; ; round++ {
-		generation, updates, err := plan(ctx)
+		p, err := plan(ctx)
+		generation, updates := p.generation, p.updates
 		if err != nil {
 			return s.failed(ctx, kind, keyID, err)
 		}
@@ -241,7 +251,7 @@ func runFenced[T river.JobArgs](ctx context.Context, s *Syncer, job *river.Job[T
 			return err
 		}
 		if done {
-			s.Metrics.observeApplied(kind, round)
+			s.Metrics.observeApplied(kind, round, p.changedAt)
 			return nil
 		}
 		if err := ctx.Err(); err != nil {

@@ -24,6 +24,7 @@ commands:
   migrate up|down|status          Postgres (Tether, River) and SpiceDB schema
   reconcile [--dry-run] [--output text|json]
                                   compare SpiceDB with the database and repair it
+  status                          migrations, queue, failing jobs, unapplied changes, last reconcile
   keys rotate                     re-encrypt secrets at rest under the first key of TETHER_ENCRYPTION_KEYS
   token --sub ID [--admin] [--ttl 1h]
                                   print an HS256 JWT signed with TETHER_AUTH_HMAC_SECRET
@@ -56,8 +57,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = runMigrate(ctx, args[1:], getenv, stdout)
 	case "reconcile":
 		err = runReconcile(ctx, args[1:], getenv, stdout, stderr)
+	case "status":
+		err = runStatus(ctx, getenv, stdout)
+	case "keys":
+		err = runKeys(ctx, args[1:], getenv, stdout)
 	case "token":
-		err = runToken(args[1:], getenv, stdout)
+		err = runToken(args[1:], getenv, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "tether: unknown command %q\n\n%s", args[0], usage)
 		return 2

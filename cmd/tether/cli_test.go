@@ -426,9 +426,19 @@ func TestReconcile(t *testing.T) {
 	require.EqualValues(t, 1, report.Extra)
 	require.EqualValues(t, 1, report.Actual)
 
-	code, stdout, stderr := runCLI(t, e, "reconcile")
+	// The operator's screen shows the drift the dry run found.
+	code, stdout, stderr := runCLI(t, e, "status")
 	require.Equal(t, 0, code, "stdout: %s\nstderr: %s", stdout, stderr)
-	require.Contains(t, stdout, "extra")
+	for _, want := range []string{"MIGRATIONS", "JOBS BY STATE", "FAILING JOBS", "SYNC", "LAST RECONCILE",
+		"0 missing, 1 extra", "dry run", "oldest unapplied revocation"} {
+		require.Contains(t, stdout, want)
+	}
+
+	code, stdout, stderr = runCLI(t, e, "reconcile")
+	require.Equal(t, 0, code, "stdout: %s\nstderr: %s", stdout, stderr)
+	for _, want := range []string{"relationships checked", "missing", "extra", "repaired", "duration"} {
+		require.Contains(t, stdout, want)
+	}
 
 	report = dryRun(0)
 	require.Zero(t, report.Extra)

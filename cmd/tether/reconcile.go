@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"text/tabwriter"
 	"time"
+
+	"golang.org/x/term"
 
 	"github.com/tetherhq/tether/app"
 	"github.com/tetherhq/tether/jobs"
@@ -45,16 +48,8 @@ func runReconcile(ctx context.Context, args []string, getenv func(string) string
 	if err != nil {
 		return err
 	}
-	var progress func(string, int64)
-	if *output == "text" {
-		last := time.Time{}
-		progress = func(phase string, done int64) {
-			if time.Since(last) > time.Second {
-				fmt.Fprintf(stderr, "%s: %d\n", phase, done)
-				last = time.Now()
-			}
-		}
-	}
+	progress, finish := progressReporter(stderr)
+	defer finish()
 	report, err := jobs.NewReconciler(syncer, enqueuer).Run(ctx, jobs.ReconcileOpts{DryRun: *dryRun, Progress: progress})
 	if err != nil {
 		return err
@@ -68,6 +63,7 @@ func runReconcile(ctx context.Context, args []string, getenv func(string) string
 	} else {
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintf(tw, "schema\t%s\n", report.Schema)
+		fmt.Fprintf(tw, "relationships checked\t%d\n", report.Checked)
 		fmt.Fprintf(tw, "desired (postgres)\t%d\n", report.Desired)
 		fmt.Fprintf(tw, "actual (spicedb)\t%d\n", report.Actual)
 		fmt.Fprintf(tw, "missing\t%d\n", report.Missing)
@@ -84,4 +80,32 @@ func runReconcile(ctx context.Context, args []string, getenv func(string) string
 		return &exitError{code: 2, err: fmt.Errorf("drift found: %d missing, %d extra, schema %s", report.Missing, report.Extra, report.Schema)}
 	}
 	return nil
+}
+
+// progressReporter shows reconcile progress: a line redrawn in place on a
+// terminal, plain lines (at most one a second) otherwise.
+func progressReporter(w io.Writer) (progress func(phase string, done int64), finish func()) {
+	f, ok := w.(*os.File)
+	interactive := ok && term.IsTerminal(int(f.Fd()))
+	last := time.Time{}
+	drawn := false
+	spinner := []rune("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
+	frame := 0
+	progress = func(phase string, done int64) {
+		switch {
+		case interactive && time.Since(last) > 100*time.Millisecond:
+			frame++
+			fmt.Fprintf(w, "\r\033[K%c %-7s %d relationships", spinner[frame%len(spinner)], phase, done)
+			drawn, last = true, time.Now()
+		case !interactive && time.Since(last) > time.Second:
+			fmt.Fprintf(w, "reconcile: %s %d\n", phase, done)
+			last = time.Now()
+		}
+	}
+	finish = func() {
+		if drawn {
+			fmt.Fprint(w, "\r\033[K")
+		}
+	}
+	return progress, finish
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"riverqueue.com/riverui"
 
 	"github.com/tetherhq/tether/app"
 	"github.com/tetherhq/tether/internal/oauthclient"
@@ -63,15 +64,25 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	metrics.RegisterSyncGauges(registry, pool)
+	jobs.RegisterStateGauges(registry, pool, spice)
+	riverUI, err := riverui.NewHandler(&riverui.HandlerOpts{
+		Endpoints: riverui.NewEndpoints(riverClient, nil), Logger: logger, Prefix: "/riverui",
+	})
+	if err != nil {
+		return fmt.Errorf("error creating River UI: %w", err)
+	}
+	if err := riverUI.Start(ctx); err != nil {
+		return fmt.Errorf("error starting River UI: %w", err)
+	}
 
 	server := app.NewServer(app.ServerDeps{
 		Service: &app.Service{DB: pool, Enqueuer: enqueuer, Keys: cfg.EncryptionKeys, OAuth: &app.OAuthConfig{
 			Client: oauth, PublicURL: cfg.PublicURL, AllowedOrigins: cfg.AllowedOrigins,
 		}},
 		Auth: auth, Logger: logger, SpiceDB: spice, Cookie: cfg.AuthCookie, Registry: registry,
-		API: *role != "worker",
-		UI:  app.UIConfig{DevLogin: cfg.DevMode, HMACSecret: cfg.AuthHMACSecret, AdminRole: cfg.AuthAdminRole},
+		API:     *role != "worker",
+		UI:      app.UIConfig{DevLogin: cfg.DevMode, HMACSecret: cfg.AuthHMACSecret, AdminRole: cfg.AuthAdminRole},
+		RiverUI: riverUI,
 	})
 	listener, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {

@@ -8,8 +8,8 @@ import (
 	"github.com/tetherhq/tether/app"
 )
 
-func runToken(args []string, getenv func(string) string, stdout io.Writer) error {
-	fs := newFlagSet("token", stdout)
+func runToken(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("token", stderr)
 	sub := fs.String("sub", "", "user id (the JWT sub)")
 	admin := fs.Bool("admin", false, "include the admin role")
 	ttl := fs.Duration("ttl", 12*time.Hour, "lifetime")

@@ -7,6 +7,7 @@ package dbsqlc
 
 import (
 	"context"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
 )
@@ -15,10 +16,12 @@ const syncBump = `-- name: SyncBump :one
 INSERT INTO sync_state (kind, key_id, provider_id, user_id, resource_pool_id, generation,
                         changed_at, pending_since, revoke_pending_since)
 VALUES ($1, $2, $3, $4, $5,
-        nextval('sync_generation_seq'), now(), now(), CASE WHEN $6::boolean THEN now() END)
+        nextval('sync_generation_seq'), clock_timestamp(), now(), CASE WHEN $6::boolean THEN now() END)
 ON CONFLICT (kind, key_id) DO UPDATE SET
     generation = EXCLUDED.generation,
-    changed_at = now(),
+    -- The statement's time, not the transaction's: close to the commit, so
+    -- that the sync lag measured from it is not inflated by long requests.
+    changed_at = clock_timestamp(),
     pending_since = COALESCE(sync_state.pending_since, now()),
     revoke_pending_since = CASE WHEN $6::boolean THEN COALESCE(sync_state.revoke_pending_since, now())
                                 ELSE sync_state.revoke_pending_since END
@@ -54,6 +57,7 @@ func (q *Queries) SyncBump(ctx context.Context, db DBTX, arg *SyncBumpParams) (i
 const syncConnectionDesired = `-- name: SyncConnectionDesired :one
 SELECT
     COALESCE((SELECT s.generation FROM sync_state s WHERE s.kind = 'connection' AND s.key_id = $1), 0)::bigint AS generation,
+    COALESCE((SELECT s.changed_at FROM sync_state s WHERE s.kind = 'connection' AND s.key_id = $1), 'epoch')::timestamptz AS changed_at,
     EXISTS (SELECT 1 FROM oauth2_connections c
             WHERE c.provider_id = $2 AND c.user_id = $3 AND c.status = 'connected') AS connected
 `
@@ -66,6 +70,7 @@ type SyncConnectionDesiredParams struct {
 
 type SyncConnectionDesiredRow struct {
 	Generation int64
+	ChangedAt  time.Time
 	Connected  bool
 }
 
@@ -74,7 +79,7 @@ type SyncConnectionDesiredRow struct {
 func (q *Queries) SyncConnectionDesired(ctx context.Context, db DBTX, arg *SyncConnectionDesiredParams) (*SyncConnectionDesiredRow, error) {
 	row := db.QueryRow(ctx, syncConnectionDesired, arg.KeyID, arg.ProviderID, arg.UserID)
 	var i SyncConnectionDesiredRow
-	err := row.Scan(&i.Generation, &i.Connected)
+	err := row.Scan(&i.Generation, &i.ChangedAt, &i.Connected)
 	return &i, err
 }
 
@@ -218,6 +223,7 @@ func (q *Queries) SyncOldestPending(ctx context.Context, db DBTX) (*SyncOldestPe
 const syncPoolDesired = `-- name: SyncPoolDesired :one
 SELECT
     COALESCE((SELECT s.generation FROM sync_state s WHERE s.kind = 'pool' AND s.key_id = $1), 0)::bigint AS generation,
+    COALESCE((SELECT s.changed_at FROM sync_state s WHERE s.kind = 'pool' AND s.key_id = $1), 'epoch')::timestamptz AS changed_at,
     (p.id IS NOT NULL)::boolean AS pool_exists,
     COALESCE(p.public, false)::boolean AS public,
     p.remote_provider_id,
@@ -234,6 +240,7 @@ type SyncPoolDesiredParams struct {
 
 type SyncPoolDesiredRow struct {
 	Generation       int64
+	ChangedAt        time.Time
 	PoolExists       bool
 	Public           bool
 	RemoteProviderID *string
@@ -245,12 +252,52 @@ func (q *Queries) SyncPoolDesired(ctx context.Context, db DBTX, arg *SyncPoolDes
 	var i SyncPoolDesiredRow
 	err := row.Scan(
 		&i.Generation,
+		&i.ChangedAt,
 		&i.PoolExists,
 		&i.Public,
 		&i.RemoteProviderID,
 		&i.ViewerSubjectIds,
 	)
 	return &i, err
+}
+
+const syncPoolStates = `-- name: SyncPoolStates :many
+SELECT resource_pool_id::bigint AS resource_pool_id, generation, applied_generation, applied_at, last_error
+FROM sync_state WHERE kind = 'pool' AND resource_pool_id = ANY($1::bigint[])
+`
+
+type SyncPoolStatesRow struct {
+	ResourcePoolID    int64
+	Generation        int64
+	AppliedGeneration int64
+	AppliedAt         *time.Time
+	LastError         *string
+}
+
+func (q *Queries) SyncPoolStates(ctx context.Context, db DBTX, ids []int64) ([]*SyncPoolStatesRow, error) {
+	rows, err := db.Query(ctx, syncPoolStates, ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []*SyncPoolStatesRow
+	for rows.Next() {
+		var i SyncPoolStatesRow
+		if err := rows.Scan(
+			&i.ResourcePoolID,
+			&i.Generation,
+			&i.AppliedGeneration,
+			&i.AppliedAt,
+			&i.LastError,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, &i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const syncRecordError = `-- name: SyncRecordError :exec

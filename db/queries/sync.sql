@@ -5,10 +5,12 @@
 INSERT INTO sync_state (kind, key_id, provider_id, user_id, resource_pool_id, generation,
                         changed_at, pending_since, revoke_pending_since)
 VALUES (@kind, @key_id, sqlc.narg('provider_id'), sqlc.narg('user_id'), sqlc.narg('resource_pool_id'),
-        nextval('sync_generation_seq'), now(), now(), CASE WHEN @revoke::boolean THEN now() END)
+        nextval('sync_generation_seq'), clock_timestamp(), now(), CASE WHEN @revoke::boolean THEN now() END)
 ON CONFLICT (kind, key_id) DO UPDATE SET
     generation = EXCLUDED.generation,
-    changed_at = now(),
+    -- The statement's time, not the transaction's: close to the commit, so
+    -- that the sync lag measured from it is not inflated by long requests.
+    changed_at = clock_timestamp(),
     pending_since = COALESCE(sync_state.pending_since, now()),
     revoke_pending_since = CASE WHEN @revoke::boolean THEN COALESCE(sync_state.revoke_pending_since, now())
                                 ELSE sync_state.revoke_pending_since END
@@ -19,12 +21,14 @@ RETURNING generation;
 -- snapshot.
 SELECT
     COALESCE((SELECT s.generation FROM sync_state s WHERE s.kind = 'connection' AND s.key_id = @key_id), 0)::bigint AS generation,
+    COALESCE((SELECT s.changed_at FROM sync_state s WHERE s.kind = 'connection' AND s.key_id = @key_id), 'epoch')::timestamptz AS changed_at,
     EXISTS (SELECT 1 FROM oauth2_connections c
             WHERE c.provider_id = @provider_id AND c.user_id = @user_id AND c.status = 'connected') AS connected;
 
 -- name: SyncPoolDesired :one
 SELECT
     COALESCE((SELECT s.generation FROM sync_state s WHERE s.kind = 'pool' AND s.key_id = @key_id), 0)::bigint AS generation,
+    COALESCE((SELECT s.changed_at FROM sync_state s WHERE s.kind = 'pool' AND s.key_id = @key_id), 'epoch')::timestamptz AS changed_at,
     (p.id IS NOT NULL)::boolean AS pool_exists,
     COALESCE(p.public, false)::boolean AS public,
     p.remote_provider_id,
@@ -77,3 +81,7 @@ SELECT k.kind::text AS kind, k.key_id::text AS key_id
 FROM k
 LEFT JOIN sync_state s ON s.kind = k.kind AND s.key_id = k.key_id
 WHERE COALESCE(s.generation, 0) <> k.generation;
+
+-- name: SyncPoolStates :many
+SELECT resource_pool_id::bigint AS resource_pool_id, generation, applied_generation, applied_at, last_error
+FROM sync_state WHERE kind = 'pool' AND resource_pool_id = ANY(@ids::bigint[]);

@@ -53,6 +53,8 @@ type TetherOpts struct {
 	SpiceDB func(*jobs.SpiceDBConfig)
 	// Logger receives the engine's logs (River's included); default: none.
 	Logger *slog.Logger
+	// Metrics, if set, are recorded by the workers.
+	Metrics *jobs.Metrics
 }
 
 // TestKeyRing is a fixed key ring for tests.
@@ -79,7 +81,8 @@ func StartTether(tb testing.TB, opts TetherOpts) *Tether {
 		logger = opts.Logger
 	}
 	oauth := oauthclient.New(5 * time.Second)
-	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: 200 * time.Millisecond, Keys: keys, OAuth: oauth}
+	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: 200 * time.Millisecond, Keys: keys, OAuth: oauth,
+		Metrics: opts.Metrics}
 	cfg := jobs.DefaultClientConfig()
 	cfg.Work = !opts.NoWorkers
 	cfg.MaxWorkers = 8
