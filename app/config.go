@@ -41,6 +41,9 @@ type Config struct {
 	ReconcileInterval    time.Duration
 	RetryMaxBackoff      time.Duration
 	ShutdownTimeout      time.Duration
+	// WriteFlushers is how many group-committed SpiceDB writes may be in
+	// flight at once; 0 writes each job's updates on their own.
+	WriteFlushers int
 }
 
 // ConfigError names the variable that is wrong.
@@ -121,6 +124,14 @@ func LoadConfig(getenv func(string) string, scope ConfigScope) (*Config, error) 
 			bad("TETHER_MAX_WORKERS", "must be a number from 1 to 10000, got %q", v)
 		}
 		cfg.MaxWorkers = n
+	}
+	cfg.WriteFlushers = 4
+	if v := str("TETHER_SPICEDB_WRITE_FLUSHERS", ""); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 256 {
+			bad("TETHER_SPICEDB_WRITE_FLUSHERS", "must be a number from 0 (no group commit) to 256, got %q", v)
+		}
+		cfg.WriteFlushers = n
 	}
 	cfg.FetchCooldown = duration("TETHER_FETCH_COOLDOWN", 5*time.Millisecond)
 	cfg.FetchPollInterval = duration("TETHER_FETCH_POLL_INTERVAL", 50*time.Millisecond)

@@ -139,6 +139,15 @@ type Syncer struct {
 	// Keys and OAuth serve the token revocation worker.
 	Keys  *keyring.Ring
 	OAuth *oauthclient.Client
+	// Batcher, if set, group-commits the workers' writes.
+	Batcher *Batcher
+}
+
+func (s *Syncer) write(ctx context.Context, updates []Update) (string, error) {
+	if s.Batcher != nil {
+		return s.Batcher.Write(ctx, updates)
+	}
+	return s.SpiceDB.Write(ctx, updates)
 }
 
 // ConnectionWorker applies a connection key:
@@ -241,7 +250,7 @@ func runFenced[T river.JobArgs](ctx context.Context, s *Syncer, job *river.Job[T
 			return s.failed(ctx, kind, keyID, err)
 		}
 		started := time.Now()
-		token, err := s.SpiceDB.Write(ctx, updates)
+		token, err := s.write(ctx, updates)
 		s.Metrics.observeWrite(started, err)
 		if err != nil {
 			return s.failed(ctx, kind, keyID, err)

@@ -54,6 +54,10 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	oauth := oauthclient.New(10 * time.Second)
 	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: cfg.RetryMaxBackoff, Metrics: metrics,
 		Keys: cfg.EncryptionKeys, OAuth: oauth}
+	if cfg.WriteFlushers > 0 && *role != "api" {
+		syncer.Batcher = jobs.NewBatcher(spice, cfg.WriteFlushers)
+		defer syncer.Batcher.Close() // on return, after River has stopped below
+	}
 	riverClient, enqueuer, err := jobs.NewClient(pool, syncer, jobs.ClientConfig{
 		Work: work, MaxWorkers: cfg.MaxWorkers, FetchCooldown: cfg.FetchCooldown, FetchPollInterval: cfg.FetchPollInterval,
 		JobTimeout: cfg.JobTimeout, RescueStuckJobsAfter: cfg.RescueStuckJobsAfter, ReconcileInterval: cfg.ReconcileInterval,

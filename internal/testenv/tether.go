@@ -55,6 +55,9 @@ type TetherOpts struct {
 	Logger *slog.Logger
 	// Metrics, if set, are recorded by the workers.
 	Metrics *jobs.Metrics
+	// NoBatching writes each job's updates on their own instead of group
+	// committing them as production does.
+	NoBatching bool
 }
 
 // TestKeyRing is a fixed key ring for tests.
@@ -83,6 +86,10 @@ func StartTether(tb testing.TB, opts TetherOpts) *Tether {
 	oauth := oauthclient.New(5 * time.Second)
 	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: 200 * time.Millisecond, Keys: keys, OAuth: oauth,
 		Metrics: opts.Metrics}
+	if !opts.NoBatching {
+		syncer.Batcher = jobs.NewBatcher(spice, 4)
+		tb.Cleanup(syncer.Batcher.Close)
+	}
 	cfg := jobs.DefaultClientConfig()
 	cfg.Work = !opts.NoWorkers
 	cfg.MaxWorkers = 8
