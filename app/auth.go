@@ -9,15 +9,12 @@ import (
 	"slices"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/lestrrat-go/httprc/v3"
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jwk"
 	"github.com/lestrrat-go/jwx/v3/jws"
 	"github.com/lestrrat-go/jwx/v3/jwt"
-
-	"github.com/tetherhq/tether/jobs"
 )
 
 // User is the authenticated caller.
@@ -117,7 +114,9 @@ func (a *Authenticator) Authenticate(raw string) (*User, error) {
 		return nil, errBadToken
 	}
 	sub, ok := tok.Subject()
-	if !ok || sub == "" || len(sub) > jobs.MaxUserIDLen || !utf8.ValidString(sub) {
+	if !ok || ValidUserID(sub) != nil {
+		// Subs Tether cannot store or project (empty, too long, invalid
+		// UTF-8, control characters) are refused like a bad signature.
 		return nil, errBadToken
 	}
 	return &User{ID: sub, Admin: a.hasRole(tok)}, nil

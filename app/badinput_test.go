@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tetherhq/tether/app"
+	"github.com/tetherhq/tether/internal/testenv"
 )
 
 // hostile is one malformed or malicious request and the refusal it must get.
@@ -129,7 +129,9 @@ func TestHostileInput(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.Contains(t, string(page), `name="csrf" value="`+csrfFor(alice)+`"`)
 
-	hs256 := func(build func(*jwt.Builder) *jwt.Builder) string { return signToken(t, jwa.HS256(), testSecret, build) }
+	hs256 := func(build func(*jwt.Builder) *jwt.Builder) string {
+		return signToken(t, jwa.HS256(), testSecret, build)
+	}
 	valid := func(sub string) func(*jwt.Builder) *jwt.Builder {
 		return func(jb *jwt.Builder) *jwt.Builder { return jb.Subject(sub).Expiration(time.Now().Add(time.Hour)) }
 	}
@@ -146,6 +148,7 @@ func TestHostileInput(t *testing.T) {
 	hs512 := signToken(t, jwa.HS512(), testSecret, valid("root"))
 	rolesAsString := hs256(func(jb *jwt.Builder) *jwt.Builder { return valid("root")(jb).Claim("roles", "tether-admin") })
 	wildcard, aliceSpace, aliceZW, aliceUpper := hs256(valid("*")), hs256(valid("alice ")), hs256(valid("alice\u200b")), hs256(valid("ALICE"))
+	nulSub, ctrlSub := hs256(valid("bob\u0000")), hs256(valid("bob\u0007"))
 	// alg "none", sub alice, roles [tether-admin], far exp, empty signature.
 	algNone := "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6NDEwMjQ0NDgwMCwicm9sZXMiOlsidGV0aGVyLWFkbWluIl19."
 	// alg none with the payload of a valid admin token and its signature dropped.
@@ -198,6 +201,9 @@ func TestHostileInput(t *testing.T) {
 		{name: "ProviderCreate_Duplicate", method: "POST", path: providers, bearer: admin, body: provider(`, "id": "dev"`), status: 409, code: app.ECONFLICT},
 		{name: "ProviderCreate_1MB", method: "POST", path: providers, bearer: admin, body: oneMB, status: 413, code: app.ETOOLARGE},
 		{name: "ProviderCreate_1MBChunked", method: "POST", path: providers, bearer: admin, body: oneMB, chunked: true, status: 413, code: app.ETOOLARGE},
+		{name: "PoolList_SubWithNUL", method: "GET", path: "/api/data/resource_pools", bearer: nulSub, status: 401, code: app.EUNAUTHORIZED},
+		{name: "Connections_SubWithControlChar", method: "GET", path: "/api/data/oauth2/connections", bearer: ctrlSub, status: 401, code: app.EUNAUTHORIZED},
+		{name: "Authorize_SubWithNUL", method: "GET", path: "/api/data/oauth2/providers/dev/authorize", bearer: nulSub, status: 401, code: app.EUNAUTHORIZED},
 		{name: "ProviderList_Expired", method: "GET", path: providers, bearer: expired, status: 401, code: app.EUNAUTHORIZED},
 		{name: "ProviderGet_EncodedDotDot", method: "GET", path: providers + "/%2e%2e", bearer: alice, status: 404, code: app.ENOTFOUND},
 		{name: "ProviderGet_EncodedSlash", method: "GET", path: providers + "/dev%2F..%2Fdev", bearer: alice, status: 404, code: app.ENOTFOUND},
@@ -220,6 +226,7 @@ func TestHostileInput(t *testing.T) {
 		{name: "PoolCreate_NameBidiOverride", method: "POST", path: pools, bearer: admin, body: `{"name": "gpu\u202egnp.exe"}`, status: 400, code: app.EINVALID},
 		{name: "PoolCreate_NameBidiIsolate", method: "POST", path: pools, bearer: admin, body: `{"name": "gpu\u2066x\u2069"}`, status: 400, code: app.EINVALID},
 		{name: "PoolCreate_NameLineSeparator", method: "POST", path: pools, bearer: admin, body: `{"name": "a\u2028b"}`, status: 400, code: app.EINVALID},
+		{name: "PoolCreate_Name201Runes", method: "POST", path: pools, bearer: admin, body: `{"name": "` + strings.Repeat("é", 201) + `"}`, status: 400, code: app.EINVALID},
 		{name: "PoolCreate_NameNUL", method: "POST", path: pools, bearer: admin, body: `{"name": "a\u0000b"}`, status: 400, code: app.EINVALID},
 		{name: "PoolCreate_NameNumber", method: "POST", path: pools, bearer: admin, body: `{"name": 5}`, status: 400, code: app.EINVALID},
 		{name: "PoolCreate_RemoteString", method: "POST", path: pools, bearer: admin, body: `{"name": "x", "remote": "dev"}`, status: 400, code: app.EINVALID},
@@ -240,6 +247,7 @@ func TestHostileInput(t *testing.T) {
 		{name: "PoolList_NoExp", method: "GET", path: pools, bearer: noExp, status: 401, code: app.EUNAUTHORIZED},
 		{name: "PoolList_NoSub", method: "GET", path: pools, bearer: noSub, status: 401, code: app.EUNAUTHORIZED},
 		{name: "PoolList_SubTooLong", method: "GET", path: pools, bearer: longSub, status: 401, code: app.EUNAUTHORIZED},
+		{name: "PoolList_TokenOver16KiB", method: "GET", path: pools, bearer: str(17 << 10), status: 401, code: app.EUNAUTHORIZED},
 		{name: "PoolList_WrongKey", method: "GET", path: pools, bearer: wrongKey, status: 401, code: app.EUNAUTHORIZED},
 		{name: "PoolList_BasicScheme", method: "GET", path: pools, header: map[string]string{"Authorization": "Basic cm9vdDpyb290"}, status: 401, code: app.EUNAUTHORIZED},
 		{name: "PoolList_BearerWithoutToken", method: "GET", path: pools, header: map[string]string{"Authorization": "Bearer"}, status: 401, code: app.EUNAUTHORIZED},
@@ -280,16 +288,18 @@ func TestHostileInput(t *testing.T) {
 		{name: "ViewerAdd_TextPlain", method: "POST", path: pools + "/" + gpu + "/users", bearer: admin, header: ct("text/plain"), body: `[{"id": "eve"}]`, status: 415, code: app.EUNSUPPORTED},
 		{name: "ViewerAdd_NonAdmin", method: "POST", path: pools + "/" + gpu + "/users", bearer: alice, body: `[{"id": "alice"}]`, status: 403, code: app.EFORBIDDEN},
 		{name: "ViewerRemove_WildcardOnPublicPool", method: "DELETE", path: pools + "/" + public + "/users/*", bearer: admin, status: 404, code: app.ENOTFOUND},
+		{name: "ViewerRemove_EncodedWildcard", method: "DELETE", path: pools + "/" + public + "/users/%2A", bearer: admin, status: 404, code: app.ENOTFOUND},
+		{name: "ViewerRemove_AtSign", method: "DELETE", path: pools + "/" + gpu + "/users/carol@example.org", bearer: admin, status: 404, code: app.ENOTFOUND},
 		{name: "ViewerRemove_SpiceDBSubjectSyntax", method: "DELETE", path: pools + "/" + gpu + "/users/user:carol", bearer: admin, status: 404, code: app.ENOTFOUND},
 		{name: "ViewerRemove_Fragment", method: "DELETE", path: pools + "/" + gpu + "/users/carol%23viewer", bearer: admin, status: 404, code: app.ENOTFOUND},
 		{name: "ViewerRemove_NUL", method: "DELETE", path: pools + "/" + gpu + "/users/carol%00", bearer: admin, status: 404, code: app.ENOTFOUND},
 		{name: "ViewerRemove_LeadingSpace", method: "DELETE", path: pools + "/" + gpu + "/users/%20carol", bearer: admin, status: 404, code: app.ENOTFOUND},
 		{name: "ViewerRemove_UpperCase", method: "DELETE", path: pools + "/" + gpu + "/users/CAROL", bearer: admin, status: 404, code: app.ENOTFOUND},
-		{name: "ViewerRemove_InvalidUTF8", method: "DELETE", path: pools + "/" + gpu + "/users/%ff%fe", bearer: admin, status: 404, code: app.ENOTFOUND},
+		{name: "ViewerRemove_InvalidUTF8", method: "DELETE", path: pools + "/" + gpu + "/users/%FF%FE", bearer: admin, status: 404, code: app.ENOTFOUND},
 		{name: "ViewerRemove_EncodedSubjectID", method: "DELETE", path: pools + "/" + public + "/users/%2FZGF2ZUBleGFtcGxlLm9yZw", bearer: admin, status: 404, code: app.ENOTFOUND},
 		{name: "ViewerRemove_TooLong", method: "DELETE", path: pools + "/" + gpu + "/users/" + str(600), bearer: admin, status: 404, code: app.ENOTFOUND},
 		{name: "ViewerRemove_MissingPool", method: "DELETE", path: pools + "/999999/users/carol", bearer: admin, status: 404, code: app.ENOTFOUND},
-		{name: "ViewerRemove_NonAdmin", method: "DELETE", path: pools + "/" + gpu + "/users/carol", bearer: carolToken(t), status: 403, code: app.EFORBIDDEN},
+		{name: "ViewerRemove_NonAdmin", method: "DELETE", path: pools + "/" + gpu + "/users/carol", bearer: devToken(t, "carol", false), status: 403, code: app.EFORBIDDEN},
 
 		// ---- connections ----
 		{name: "ConnectionList_NoToken", method: "GET", path: conns, status: 401, code: app.EUNAUTHORIZED},
@@ -333,6 +343,7 @@ func TestHostileInput(t *testing.T) {
 		{name: "Callback_ForgedState", method: "GET", path: callback + "?code=abc&state=" + str(43), bearer: alice, status: 400, code: app.EINVALID},
 		{name: "Callback_StateTooLong", method: "GET", path: callback + "?code=abc&state=" + str(201), bearer: alice, status: 400, code: app.EINVALID},
 		{name: "Callback_StateHuge", method: "GET", path: callback + "?code=abc&state=" + str(100000), bearer: alice, status: 400, code: app.EINVALID},
+		{name: "Callback_StateBadEscape", method: "GET", path: callback + "?code=abc&state=%zz", bearer: alice, status: 400, code: app.EINVALID},
 		{name: "Callback_StateNUL", method: "GET", path: callback + "?code=abc&state=%00", bearer: alice, status: 400, code: app.EINVALID},
 		{name: "Callback_ProviderErrorForgedState", method: "GET", path: callback + "?error=access_denied&state=" + str(43), bearer: alice, status: 400, code: app.EINVALID},
 		{name: "Callback_NoToken", method: "GET", path: callback + "?code=abc&state=" + str(43), status: 401, code: app.EUNAUTHORIZED},
@@ -345,8 +356,9 @@ func TestHostileInput(t *testing.T) {
 		{name: "UILogin_UserTooLong", method: "POST", path: "/ui/dev/login", header: form, body: "user=" + str(513), status: 400, code: app.EINVALID},
 		{name: "UILogin_MultipartNoBoundary", method: "POST", path: "/ui/dev/login", header: ct("multipart/form-data"), body: "user=root", status: 400, code: app.EINVALID},
 		{name: "UILogin_1MB", method: "POST", path: "/ui/dev/login", header: form, body: "user=" + str(1<<20), status: 413, code: app.ETOOLARGE},
-		{name: "UILogin_WrongMethod", method: "PUT", path: "/ui/dev/login", header: form, body: "user=root", status: 405, code: app.EMETHOD},
-		{name: "UIPage_WrongMethod", method: "POST", path: "/ui/", cookie: alice, header: form, body: "csrf=" + csrfFor(alice), status: 405, code: app.EMETHOD},
+		// An unserved method falls into the group's not-found route (as in TestBadInput).
+		{name: "UILogin_WrongMethod", method: "PUT", path: "/ui/dev/login", header: form, body: "user=root", status: 404, code: app.ENOTFOUND},
+		{name: "UIPage_WrongMethod", method: "POST", path: "/ui/", cookie: alice, header: form, body: "csrf=" + csrfFor(alice), status: 404, code: app.ENOTFOUND},
 		{name: "UIStatic_Traversal", method: "GET", path: "/ui/static/..%2f..%2fopenapi.json", status: 404, code: app.ENOTFOUND},
 		{name: "UIDisconnect_NoCookie", method: "POST", path: disconnect, header: form, body: "csrf=" + csrfFor(alice), status: 401, code: app.EUNAUTHORIZED},
 		{name: "UIDisconnect_BearerOnly", method: "POST", path: disconnect, bearer: alice, header: form, body: "csrf=" + csrfFor(alice), status: 401, code: app.EUNAUTHORIZED},
@@ -358,7 +370,7 @@ func TestHostileInput(t *testing.T) {
 		{name: "UIDisconnect_JSONBody", method: "POST", path: disconnect, cookie: alice, body: `{"csrf": "` + csrfFor(alice) + `"}`, status: 403, code: app.EFORBIDDEN},
 		{name: "UIDisconnect_OtherUsersConnection", method: "POST", path: disconnect, cookie: bob, header: form, body: "csrf=" + csrfFor(bob), status: 404, code: app.ENOTFOUND},
 		{name: "UIDisconnect_TraversalID", method: "POST", path: "/ui/connections/..%2F..%2Fapi/disconnect", cookie: alice, header: form, body: "csrf=" + csrfFor(alice), status: 404, code: app.ENOTFOUND},
-		{name: "UIDisconnect_WrongMethod", method: "GET", path: disconnect, cookie: alice, status: 405, code: app.EMETHOD},
+		{name: "UIDisconnect_WrongMethod", method: "GET", path: disconnect, cookie: alice, status: 404, code: app.ENOTFOUND},
 
 		// ---- River UI ----
 		{name: "RiverUI_NoToken", method: "GET", path: riverui, status: 401, code: app.EUNAUTHORIZED},
@@ -397,6 +409,35 @@ func TestHostileInput(t *testing.T) {
 	}
 }
 
-var _ = regexp.MustCompile
+// Ids a browser percent-encodes (encodeURIComponent) still name the viewer.
+func TestViewerIDsPercentEncoded(t *testing.T) {
+	t.Parallel()
+	b := setupHTTP(t, testenv.TetherOpts{NoWorkers: true})
+	status, body := b.do(t, http.MethodPost, "/api/data/resource_pools", b.admin, map[string]any{"name": "p"})
+	require.Equal(t, http.StatusCreated, status, string(body))
+	for _, id := range []string{"dave@example.org", "a b/c", "ünï"} {
+		status, body = b.do(t, http.MethodPost, "/api/data/resource_pools/1/users", b.admin, []map[string]string{{"id": id}})
+		require.Equal(t, http.StatusCreated, status, string(body))
+		status, body = b.do(t, http.MethodDelete, "/api/data/resource_pools/1/users/"+url.PathEscape(strings.ReplaceAll(id, "@", "%40")), b.admin, nil)
+		if strings.Contains(id, "@") {
+			// "%40" was escaped once more by PathEscape: that names another id.
+			require.Equal(t, http.StatusNotFound, status, string(body))
+			status, body = b.do(t, http.MethodDelete, "/api/data/resource_pools/1/users/dave%40example.org", b.admin, nil)
+		}
+		require.Equal(t, http.StatusNoContent, status, "%s: %s", id, body)
+	}
+	status, body = b.do(t, http.MethodGet, "/api/data/resource_pools/1/users", b.admin, nil)
+	require.Equal(t, http.StatusOK, status)
+	require.JSONEq(t, `[]`, string(body))
+}
 
-func carolToken(t *testing.T) string { return devToken(t, "carol", false) }
+// At most one pool is the default.
+func TestOneDefaultPool(t *testing.T) {
+	t.Parallel()
+	b := setupHTTP(t, testenv.TetherOpts{NoWorkers: true})
+	status, body := b.do(t, http.MethodPost, "/api/data/resource_pools", b.admin, map[string]any{"name": "a", "default": true})
+	require.Equal(t, http.StatusCreated, status, string(body))
+	status, body = b.do(t, http.MethodPost, "/api/data/resource_pools", b.admin, map[string]any{"name": "b", "default": true})
+	require.Equal(t, http.StatusConflict, status, string(body))
+	requireErrorBody(t, body, app.ECONFLICT)
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -502,6 +503,16 @@ func (s *Server) poolViewerRemove(c echo.Context) error {
 		return err
 	}
 	userID := c.Param("user_id")
+	if c.Request().URL.RawPath != "" {
+		// Echo routes on the raw path when it differs from the default
+		// encoding (as encodeURIComponent's "%40" does) and then leaves the
+		// parameter escaped.
+		unescaped, err := url.PathUnescape(userID)
+		if err != nil {
+			return Errorf(ENOTFOUND, "That user is not a viewer of pool %d.", id)
+		}
+		userID = unescaped
+	}
 	if err := ValidUserID(userID); err != nil {
 		return Errorf(ENOTFOUND, "That user is not a viewer of pool %d.", id)
 	}

@@ -9,6 +9,8 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+
+	"github.com/labstack/echo/v4"
 )
 
 // Optional is a JSON field that tells "absent" (Set false) from null (Set
@@ -50,9 +52,8 @@ func DecodeJSON(r *http.Request, v any) error {
 	}
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		var maxErr *http.MaxBytesError
-		if errors.As(err, &maxErr) {
-			return Errorf(ETOOLARGE, "The body is larger than %d bytes.", maxErr.Limit)
+		if isTooLarge(err) {
+			return Errorf(ETOOLARGE, "The body is larger than %d bytes.", MaxBodyBytes)
 		}
 		return Errorf(EINVALID, "The body could not be read.")
 	}
@@ -107,4 +108,13 @@ func jsonTypeName(kind string) string {
 		return "an object"
 	}
 	return "of another type"
+}
+
+// isTooLarge recognises the body-limit errors of net/http and of echo's
+// BodyLimit middleware (which a chunked body without Content-Length hits
+// while being read).
+func isTooLarge(err error) bool {
+	var maxErr *http.MaxBytesError
+	var he *echo.HTTPError
+	return errors.As(err, &maxErr) || (errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge)
 }

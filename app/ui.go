@@ -122,7 +122,14 @@ func (s *Server) uiDisconnect(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if subtle.ConstantTimeCompare([]byte(c.FormValue("csrf")), []byte(csrfToken(raw))) != 1 {
+	if err := c.Request().ParseForm(); err != nil {
+		if isTooLarge(err) {
+			return Errorf(ETOOLARGE, "The form is too large.")
+		}
+		return Errorf(EINVALID, "The form could not be read.")
+	}
+	// From the body only: a token in the URL would leak through logs and Referer.
+	if subtle.ConstantTimeCompare([]byte(c.Request().PostForm.Get("csrf")), []byte(csrfToken(raw))) != 1 {
 		return Errorf(EFORBIDDEN, "The form is stale or came from another site; reload the page.")
 	}
 	id, err := connectionIDParam(c)
@@ -142,12 +149,18 @@ func (s *Server) uiLoginPage(c echo.Context) error {
 }
 
 func (s *Server) uiLogin(c echo.Context) error {
-	userID := c.FormValue("user")
+	if err := c.Request().ParseForm(); err != nil {
+		if isTooLarge(err) {
+			return Errorf(ETOOLARGE, "The form is too large.")
+		}
+		return Errorf(EINVALID, "The form could not be read.")
+	}
+	userID := c.Request().PostForm.Get("user")
 	if err := ValidUserID(userID); err != nil {
 		return err
 	}
 	var roles []string
-	if c.FormValue("admin") == "true" {
+	if c.Request().PostForm.Get("admin") == "true" {
 		roles = []string{s.ui.AdminRole}
 	}
 	token, err := SignDevToken(s.ui.HMACSecret, userID, roles, 12*time.Hour)
