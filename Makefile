@@ -44,6 +44,13 @@ fuzz: build bin/spicedb ## run every fuzz target for FUZZTIME (default 2m each)
 	    $(GO) test -run "^$$" -fuzz "^$${target#*:}$$" -fuzztime $(FUZZTIME) -parallel 2 ./$${target%%:*}; \
 	  done'
 
+bench: build bin/spicedb ## benchmarks with same-run baselines (BENCH_SCALE=full, BENCH_ONLY=1,2, BENCH_OUT=file.json)
+	$(GO) run ./cmd/bench
+
+SOAK_DURATION ?= 5m
+soak: build bin/spicedb ## mixed traffic against tether serve for SOAK_DURATION: no 5xx, no drift, flat memory
+	SOAK_DURATION=$(SOAK_DURATION) $(GO) run ./cmd/soak
+
 alerts: ## check and unit-test the Prometheus alert rules (promtool)
 	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
 	  { echo "install promtool (apt-get install prometheus)"; exit 1; }
@@ -58,4 +65,4 @@ verify: ## fail if generated code is stale, code is unformatted or vet complains
 	$(GO) vet ./...
 	$(GO) mod tidy -diff
 
-.PHONY: help build deps run test fuzz alerts generate verify
+.PHONY: help build deps run test fuzz bench soak alerts generate verify

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
 	"regexp"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -41,7 +44,7 @@ func (s *Service) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 	}
 	defer tx.Rollback(ctx)
 	if err := fn(tx); err != nil {
-		return err
+		return unavailable(err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return unavailable(fmt.Errorf("error committing: %w", err))
@@ -52,11 +55,16 @@ func (s *Service) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 // unavailable turns a lost database connection into a 503, so that clients
 // retry instead of assuming a bug.
 func unavailable(err error) error {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
+	var appErr *Error
+	if errors.As(err, &appErr) {
 		return err
 	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || pgconn.SafeToRetry(err) || isConnError(err) {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && !pgerrcode.IsConnectionException(pgErr.Code) && !pgerrcode.IsOperatorIntervention(pgErr.Code) {
+		return err
+	}
+	var netErr net.Error
+	if pgErr != nil || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &netErr) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || pgconn.SafeToRetry(err) || isConnError(err) {
 		return &wrappedError{app: Errorf(EUNAVAILABLE, "The database is unavailable; try again."), cause: err}
 	}
 	return err

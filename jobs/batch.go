@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 )
@@ -19,10 +20,11 @@ import (
 // fences on its key's generation after its write returns, however it was
 // batched, and sorted updates keep SpiceDB's row locks deadlock-free.
 type Batcher struct {
-	spice *SpiceDB
-	queue chan *batchRequest
-	stop  chan struct{}
-	wg    sync.WaitGroup
+	spice  *SpiceDB
+	queue  chan *batchRequest
+	stop   chan struct{}
+	closed chan struct{}
+	wg     sync.WaitGroup
 }
 
 type batchRequest struct {
@@ -38,7 +40,7 @@ type batchResult struct {
 
 // NewBatcher starts flushers goroutines writing through spice. Close it.
 func NewBatcher(spice *SpiceDB, flushers int) *Batcher {
-	b := &Batcher{spice: spice, queue: make(chan *batchRequest, 4096), stop: make(chan struct{})}
+	b := &Batcher{spice: spice, queue: make(chan *batchRequest, 4096), stop: make(chan struct{}), closed: make(chan struct{})}
 	for range max(flushers, 1) {
 		b.wg.Add(1)
 		go b.flush()
@@ -50,6 +52,7 @@ func NewBatcher(spice *SpiceDB, flushers int) *Batcher {
 func (b *Batcher) Close() {
 	close(b.stop)
 	b.wg.Wait()
+	close(b.closed)
 }
 
 // Write applies updates as part of some batch and returns that batch's
@@ -67,12 +70,16 @@ func (b *Batcher) Write(ctx context.Context, updates []Update) (string, error) {
 	case <-b.stop:
 		return b.spice.Write(ctx, updates)
 	}
+	// Wait for the answer even if ctx ends: a flusher that took the request
+	// cancels its call when any of its jobs' contexts ends, so it answers
+	// promptly.
+	// Returning earlier would let this job retry, write newer state and
+	// fence while its old write is still in flight — and lands last.
 	select {
 	case res := <-req.done:
 		return res.token, res.err
-	case <-ctx.Done():
-		// The write may still land; the job's retry (or the fence) copes.
-		return "", ctx.Err()
+	case <-b.closed:
+		return "", errors.New("SpiceDB write batcher closed")
 	}
 }
 
@@ -127,8 +134,8 @@ func repeats(seen map[Relationship]bool, updates []Update) bool {
 }
 
 func (b *Batcher) write(batch []*batchRequest) {
-	// Drop requests whose job gave up already; write with a context that
-	// outlives any single job's (bounded by the longest deadline among them).
+	// Drop requests whose job gave up already; write with the earliest
+	// deadline among the rest.
 	live := batch[:0]
 	var all []Update
 	for _, r := range batch {
@@ -144,6 +151,12 @@ func (b *Batcher) write(batch []*batchRequest) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout(live))
 	defer cancel()
+	// Any job giving up (timeout, shutdown) cancels the call it shares: its
+	// Write waits for this call, and must return promptly.
+	for _, r := range live {
+		stop := context.AfterFunc(r.ctx, cancel)
+		defer stop()
+	}
 	token, err := b.spice.Write(ctx, all)
 	for _, r := range live {
 		r.done <- batchResult{token: token, err: err}
@@ -153,16 +166,12 @@ func (b *Batcher) write(batch []*batchRequest) {
 // defaultWriteTimeout bounds a batched write whose jobs set no deadline.
 const defaultWriteTimeout = 30 * time.Second
 
-func writeTimeout(batch []*batchRequest) (d time.Duration) {
-	d = defaultWriteTimeout
-	var latest time.Time
+func writeTimeout(batch []*batchRequest) time.Duration {
+	d := defaultWriteTimeout
 	for _, r := range batch {
-		if dl, ok := r.ctx.Deadline(); ok && dl.After(latest) {
-			latest = dl
+		if dl, ok := r.ctx.Deadline(); ok {
+			d = min(d, time.Until(dl))
 		}
-	}
-	if !latest.IsZero() {
-		d = time.Until(latest)
 	}
 	return d
 }

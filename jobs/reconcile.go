@@ -25,6 +25,9 @@ var ErrReconcileBusy = errors.New("another reconcile is running")
 // ReconcileOpts configures one reconcile.
 type ReconcileOpts struct {
 	DryRun bool
+	// Wait for a reconcile that is running (the periodic one) to finish,
+	// instead of returning ErrReconcileBusy.
+	Wait bool
 	// Progress, if set, is called as work advances (phase and count so far).
 	Progress func(phase string, done int64)
 }
@@ -81,13 +84,25 @@ func (r *Reconciler) Run(ctx context.Context, opts ReconcileOpts) (*ReconcileRep
 		return nil, fmt.Errorf("error acquiring connection: %w", err)
 	}
 	defer lockConn.Release()
-	locked, err := q.ReconcileLock(ctx, lockConn, reconcileLockID)
-	if err != nil {
-		return nil, fmt.Errorf("error taking reconcile lock: %w", err)
+	for {
+		locked, err := q.ReconcileLock(ctx, lockConn, reconcileLockID)
+		if err != nil {
+			return nil, fmt.Errorf("error taking reconcile lock: %w", err)
+		}
+		if locked {
+			break
+		}
+		if !opts.Wait {
+			return nil, ErrReconcileBusy
+		}
+		progress("waiting for another reconcile", 0)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
-	if !locked {
-		return nil, ErrReconcileBusy
-	}
+	report.StartedAt = time.Now()
 	defer q.ReconcileUnlock(context.WithoutCancel(ctx), lockConn, reconcileLockID) //nolint:errcheck // released with the session anyway
 
 	runErr := r.run(ctx, report, opts.DryRun, progress)

@@ -141,6 +141,9 @@ type Syncer struct {
 	OAuth *oauthclient.Client
 	// Batcher, if set, group-commits the workers' writes.
 	Batcher *Batcher
+	// OnApplied, if set, is called after a key's change is applied and
+	// fenced, with the ZedToken of the write (benchmarks use it).
+	OnApplied func(kind, keyID, zedToken string)
 }
 
 func (s *Syncer) write(ctx context.Context, updates []Update) (string, error) {
@@ -261,6 +264,9 @@ func runFenced[T river.JobArgs](ctx context.Context, s *Syncer, job *river.Job[T
 		}
 		if done {
 			s.Metrics.observeApplied(kind, round, p.changedAt)
+			if s.OnApplied != nil {
+				s.OnApplied(kind, keyID, token)
+			}
 			return nil
 		}
 		if err := ctx.Err(); err != nil {
@@ -299,7 +305,9 @@ func fence[T river.JobArgs](ctx context.Context, db *pgxpool.Pool, job *river.Jo
 // decides between retry (transient) and cancel (permanent: the reconciler
 // picks stalled keys up again).
 func (s *Syncer) failed(ctx context.Context, kind, keyID string, err error) error {
-	transient := IsTransient(err)
+	// An interrupted job (shutdown, timeout) is never a permanent failure,
+	// whatever error the interrupted call returned.
+	transient := IsTransient(err) || errors.Is(err, context.Canceled) || ctx.Err() != nil
 	s.Metrics.observeFailure(kind, transient)
 	msg := ScrubError(err)
 	// A detached context: the job's context may be what just ended.
@@ -310,7 +318,7 @@ func (s *Syncer) failed(ctx context.Context, kind, keyID string, err error) erro
 	}); recErr != nil {
 		s.Logger.WarnContext(ctx, "error recording sync failure", "kind", kind, "error", recErr)
 	}
-	if transient || errors.Is(err, context.Canceled) {
+	if transient {
 		return err
 	}
 	s.Logger.ErrorContext(ctx, "permanent sync error; the reconciler will retry the key", "kind", kind, "error", msg)

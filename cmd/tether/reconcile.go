@@ -50,7 +50,7 @@ func runReconcile(ctx context.Context, args []string, getenv func(string) string
 	}
 	progress, finish := progressReporter(stderr)
 	defer finish()
-	report, err := jobs.NewReconciler(syncer, enqueuer).Run(ctx, jobs.ReconcileOpts{DryRun: *dryRun, Progress: progress})
+	report, err := jobs.NewReconciler(syncer, enqueuer).Run(ctx, jobs.ReconcileOpts{DryRun: *dryRun, Progress: progress, Wait: true})
 	if err != nil {
 		return err
 	}

@@ -59,9 +59,12 @@ func runMain(m *testing.M) int {
 		defer stack.Stop()
 		adminURL, spiceDBEndpoint = stack.AdminURL, stack.SpiceDBEndpoint
 	}
+	// Goroutines alive before the tests (the stack's, the runtime's) are
+	// not leaks; taken now, not after m.Run.
+	before := goleak.IgnoreCurrent()
 	code := m.Run()
 	if code == 0 {
-		if err := goleak.Find(goleak.IgnoreCurrent(),
+		if err := goleak.Find(before,
 			// gRPC and pgx keep these briefly after Close.
 			goleak.IgnoreTopFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
 			goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tetherhq/tether/app"
+	"github.com/tetherhq/tether/jobs"
+)
+
+var httpClient = &http.Client{
+	Transport: &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute},
+	Timeout:   60 * time.Second,
+}
+
+func (e *engine) provider(ctx context.Context, id string) error {
+	kind, name, clientID, auth, tok := "generic_oauth2", "Bench "+id, "client", "https://idp.example/auth", "https://idp.example/token"
+	_, err := e.svc.ProviderCreate(ctx, &app.ProviderInput{ID: &id, Kind: &kind, DisplayName: &name, ClientID: &clientID,
+		AuthorizationURL: &auth, TokenURL: &tok})
+	return err
+}
+
+type conn struct {
+	id   uuid.UUID
+	user string
+}
+
+// bulkConnections loads n connected users of a provider straight into
+// Postgres (COPY) and, if project, their relationships into SpiceDB.
+func (e *engine) bulkConnections(ctx context.Context, provider, prefix string, n int, project bool) ([]conn, error) {
+	rows := make([][]any, n)
+	for i := range n {
+		rows[i] = []any{fmt.Sprintf("%s%d", prefix, i), provider, "connected"}
+	}
+	if _, err := e.db.CopyFrom(ctx, pgx.Identifier{"oauth2_connections"}, []string{"user_id", "provider_id", "status"}, pgx.CopyFromRows(rows)); err != nil {
+		return nil, fmt.Errorf("error loading connections: %w", err)
+	}
+	out := make([]conn, 0, n)
+	r, err := e.db.Query(ctx, "SELECT id, user_id FROM oauth2_connections WHERE provider_id = $1 AND starts_with(user_id, $2)", provider, prefix)
+	if err != nil {
+		return nil, err
+	}
+	for r.Next() {
+		var c conn
+		if err := r.Scan(&c.id, &c.user); err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	if err := r.Err(); err != nil {
+		return nil, err
+	}
+	if project {
+		rels := make([]jobs.Update, len(out))
+		for i, c := range out {
+			rels[i] = jobs.Update{Relationship: jobs.Relationship{ResourceType: jobs.TypeOAuth2Client, ResourceID: provider,
+				Relation: jobs.RelConnected, SubjectType: jobs.TypeUser, SubjectID: jobs.SubjectID(c.user)}}
+		}
+		if err := e.bulkWrite(ctx, rels); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// bulkPools creates n pools linked to provider, in Postgres and SpiceDB.
+func (e *engine) bulkPools(ctx context.Context, provider string, n int) ([]int64, error) {
+	r, err := e.db.Query(ctx, "INSERT INTO resource_pools (name, remote_provider_id) SELECT 'pool-' || g, $1 FROM generate_series(1, $2) g RETURNING id", provider, n)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := pgx.CollectRows(r, pgx.RowTo[int64])
+	if err != nil {
+		return nil, err
+	}
+	rels := make([]jobs.Update, len(ids))
+	for i, id := range ids {
+		rels[i] = jobs.Update{Relationship: jobs.Relationship{ResourceType: jobs.TypeResourcePool, ResourceID: fmt.Sprint(id),
+			Relation: jobs.RelProvider, SubjectType: jobs.TypeOAuth2Client, SubjectID: provider}}
+	}
+	return ids, e.bulkWrite(ctx, rels)
+}
+
+// bulkWrite writes relationships 1,000 per call, four calls at a time.
+func (e *engine) bulkWrite(ctx context.Context, updates []jobs.Update) error {
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	sem := make(chan struct{}, 4)
+	for chunk := range slices.Chunk(updates, jobs.MaxUpdatesPerWrite) {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if _, err := e.spice.Write(ctx, chunk); err != nil {
+				firstErr.CompareAndSwap(nil, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err, ok := firstErr.Load().(error); ok {
+		return err
+	}
+	return nil
+}
+
+// do sends an HTTP request and checks the status.
+func do(ctx context.Context, method, url, token, body string, want int) error {
+	var req *http.Request
+	var err error
+	if body != "" {
+		req, err = http.NewRequestWithContext(ctx, method, url, stringsReader(body))
+		if err == nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+	} else {
+		req, err = http.NewRequestWithContext(ctx, method, url, nil)
+	}
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return err
+	}
+	drain(resp)
+	if resp.StatusCode != want {
+		return fmt.Errorf("%s %s: %s", method, url, resp.Status)
+	}
+	return nil
+}
+
+// closedLoop runs work from c goroutines until d has passed or items run
+// out, and returns how many calls completed and how long it took.
+func closedLoop(ctx context.Context, c int, d time.Duration, n int, work func(i int) error) (int, time.Duration, error) {
+	var next, done atomic.Int64
+	var firstErr atomic.Value
+	deadline := time.Now().Add(d)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				if err := work(i); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if err, ok := firstErr.Load().(error); ok {
+		return int(done.Load()), time.Since(start), err
+	}
+	return int(done.Load()), time.Since(start), nil
+}
+
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(p * float64(len(sorted)-1))
+	return sorted[i]
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return percentile(s, 0.5)
+}

@@ -1,0 +1,192 @@
+// Command bench measures Tether against baselines measured in the same run,
+// on its own local stack (a throwaway Postgres, SpiceDB on its Postgres
+// datastore, Tether in-process). It prints a Markdown table, writes the
+// results as JSON to $BENCH_OUT (default bench-results.json) and a latency
+// CDF plot beside it. BENCH_SCALE=full runs the big scenarios at the sizes
+// of the targets; the default is sized to finish in under ten minutes on a
+// two-core machine. BENCH_ONLY=2,5 runs some scenarios only.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Metric is one measured figure with the baseline it is compared with.
+type Metric struct {
+	Name          string   `json:"name"`
+	Value         float64  `json:"value"`
+	Unit          string   `json:"unit"`
+	Baseline      string   `json:"baseline"`
+	BaselineValue float64  `json:"baseline_value"`
+	Ratio         float64  `json:"ratio"`
+	Target        string   `json:"target"`
+	Pass          *bool    `json:"pass"`
+	Notes         []string `json:"notes,omitempty"`
+}
+
+// Results is the JSON document bench writes.
+type Results struct {
+	Machine  map[string]any `json:"machine"`
+	Scale    string         `json:"scale"`
+	Started  time.Time      `json:"started"`
+	Duration string         `json:"duration"`
+	Metrics  []Metric       `json:"metrics"`
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx); err != nil {
+		log.Fatalf("bench: %v", err)
+	}
+}
+
+type scenario struct {
+	id   string
+	name string
+	run  func(ctx context.Context, b *bench) ([]Metric, error)
+}
+
+func run(ctx context.Context) error {
+	full := os.Getenv("BENCH_SCALE") == "full"
+	out := os.Getenv("BENCH_OUT")
+	if out == "" {
+		out = "bench-results.json"
+	}
+	if path := os.Getenv("BENCH_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	b, err := newBench(ctx, full)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+	res := &Results{Machine: machineInfo(b), Scale: map[bool]string{true: "full", false: "default"}[full], Started: time.Now()}
+	only := map[string]bool{}
+	for _, id := range strings.Split(os.Getenv("BENCH_ONLY"), ",") {
+		if id = strings.TrimSpace(id); id != "" {
+			only[id] = true
+		}
+	}
+	for _, sc := range []scenario{
+		{"1", "write path vs the database's ceiling", scenarioWritePath},
+		{"2", "time to consistency", scenarioConsistency},
+		{"3", "flat in the number of pools", scenarioFlat},
+		{"4", "sustained throughput", scenarioSustained},
+		{"5", "relink at scale", scenarioRelink},
+		{"6", "reconcile at scale", scenarioReconcile},
+		{"7", "heal after outage", scenarioHeal},
+	} {
+		if len(only) > 0 && !only[sc.id] {
+			continue
+		}
+		started := time.Now()
+		log.Printf("scenario %s: %s", sc.id, sc.name)
+		ms, err := sc.run(ctx, b)
+		if err != nil {
+			return fmt.Errorf("scenario %s (%s): %w", sc.id, sc.name, err)
+		}
+		for i := range ms {
+			ms[i].Name = sc.id + ". " + ms[i].Name
+		}
+		res.Metrics = append(res.Metrics, ms...)
+		log.Printf("scenario %s done in %s", sc.id, time.Since(started).Round(time.Second))
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	res.Duration = time.Since(res.Started).Round(time.Second).String()
+	printTable(os.Stdout, res)
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(f)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(res); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	plot := strings.TrimSuffix(out, ".json") + "-cdf.svg"
+	if len(b.cdfs) > 0 {
+		if err := os.WriteFile(plot, renderCDF(b.cdfs), 0o644); err != nil {
+			return err
+		}
+		fmt.Printf("\nwrote %s and %s\n", out, plot)
+	} else {
+		fmt.Printf("\nwrote %s\n", out)
+	}
+	return nil
+}
+
+func printTable(w *os.File, res *Results) {
+	fmt.Fprintf(w, "\nMachine: %v CPUs, %v, Go %v, scale %s, total %s\n\n", res.Machine["cpus"], res.Machine["cpu_model"], res.Machine["go"], res.Scale, res.Duration)
+	fmt.Fprintln(w, "| metric | value | baseline | baseline value | ratio | target | pass |")
+	fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- |")
+	for _, m := range res.Metrics {
+		pass := "–"
+		if m.Pass != nil {
+			pass = map[bool]string{true: "yes", false: "**no**"}[*m.Pass]
+		}
+		fmt.Fprintf(w, "| %s | %s %s | %s | %s | %.2f× | %s | %s |\n", m.Name, fmtNum(m.Value), m.Unit, m.Baseline, fmtNum(m.BaselineValue), m.Ratio, m.Target, pass)
+	}
+}
+
+func fmtNum(v float64) string {
+	switch {
+	case v == 0:
+		return "0"
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
+}
+
+func machineInfo(b *bench) map[string]any {
+	m := map[string]any{"cpus": runtime.NumCPU(), "go": runtime.Version(), "os": runtime.GOOS + "/" + runtime.GOARCH}
+	if cpu, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(cpu), "\n") {
+			if strings.HasPrefix(line, "model name") {
+				m["cpu_model"] = strings.TrimSpace(strings.SplitN(line, ":", 2)[1])
+				break
+			}
+		}
+	}
+	if mem, err := os.ReadFile("/proc/meminfo"); err == nil {
+		m["memory"] = strings.TrimSpace(strings.TrimPrefix(strings.SplitN(string(mem), "\n", 2)[0], "MemTotal:"))
+	}
+	m["postgres"] = b.postgresVersion
+	m["spicedb"] = "v1.56.2 (postgres datastore)"
+	return m
+}
+
+func ratio(v, base float64) float64 {
+	if base == 0 {
+		return 0
+	}
+	return v / base
+}
+
+func passIf(ok bool) *bool { return &ok }

@@ -1,0 +1,360 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/riverqueue/river"
+
+	"github.com/tetherhq/tether/app"
+	"github.com/tetherhq/tether/internal/devstack"
+	"github.com/tetherhq/tether/internal/keyring"
+	"github.com/tetherhq/tether/internal/oauthclient"
+	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/migrations"
+)
+
+// bench owns the local Postgres cluster; scenarios get databases and SpiceDB
+// servers of their own from it.
+type bench struct {
+	full            bool
+	dir             string
+	stack           *devstack.Stack
+	postgresVersion string
+	keys            *keyring.Ring
+	secret          []byte
+	cdfs            []cdfSeries
+	dbCounter       int
+	// rawCeiling is the best raw pgx write rate of scenario 1, the
+	// machine's own limit for the write path.
+	rawCeiling float64
+}
+
+const benchSecret = "bench-secret-bench-secret-bench-secret"
+
+func newBench(ctx context.Context, full bool) (*bench, error) {
+	dir, err := os.MkdirTemp("", "tether-bench-*")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
+	}
+	// fsync stays on: commits cost what they cost in production.
+	stack, err := devstack.Start(ctx, devstack.Options{Dir: dir, SkipSpiceDB: true})
+	if err != nil {
+		return nil, err
+	}
+	keys, err := keyring.Parse("bench:" + devstack.StdBase64(devstack.RandomSecret()))
+	if err != nil {
+		return nil, err
+	}
+	b := &bench{full: full, dir: dir, stack: stack, keys: keys, secret: []byte(benchSecret)}
+	conn, err := pgx.Connect(ctx, stack.AdminURL)
+	if err == nil {
+		_ = conn.QueryRow(ctx, "SHOW server_version").Scan(&b.postgresVersion)
+		conn.Close(ctx)
+	}
+	return b, nil
+}
+
+func (b *bench) close() {
+	b.stack.Stop()
+	os.RemoveAll(b.dir)
+}
+
+// database creates a fresh database; migrate runs Tether's and River's migrations.
+func (b *bench) database(ctx context.Context, migrate bool) (string, error) {
+	b.dbCounter++
+	name := fmt.Sprintf("bench_%d", b.dbCounter)
+	conn, err := pgx.Connect(ctx, b.stack.AdminURL)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		return "", err
+	}
+	u := strings.Replace(b.stack.AdminURL, "/postgres?", "/"+name+"?", 1)
+	if migrate {
+		pool, err := pgxpool.New(ctx, u)
+		if err != nil {
+			return "", err
+		}
+		defer pool.Close()
+		m, err := migrations.New(pool)
+		if err != nil {
+			return "", err
+		}
+		defer m.Close()
+		if _, err := m.Up(ctx); err != nil {
+			return "", err
+		}
+	}
+	return u, nil
+}
+
+// spiceProcess is a SpiceDB server on its own database.
+type spiceProcess struct {
+	bin, endpoint, token string
+	args                 []string
+	cmd                  *exec.Cmd
+	logPath              string
+}
+
+func (b *bench) spicedb(ctx context.Context) (*spiceProcess, error) {
+	bin, err := devstack.SpiceDBBin()
+	if err != nil {
+		return nil, err
+	}
+	uri, err := b.database(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	if out, err := exec.CommandContext(ctx, bin, "datastore", "migrate", "head", "--skip-release-check",
+		"--datastore-engine", "postgres", "--datastore-conn-uri", uri).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("error migrating SpiceDB: %w\n%s", err, out)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	endpoint := l.Addr().String()
+	l.Close()
+	p := &spiceProcess{bin: bin, endpoint: endpoint, token: devstack.RandomSecret(),
+		logPath: filepath.Join(b.dir, fmt.Sprintf("spicedb-%d.log", b.dbCounter))}
+	p.args = []string{"serve", "--skip-release-check", "--telemetry-endpoint=", "--grpc-preshared-key", p.token,
+		"--datastore-engine", "postgres", "--datastore-conn-uri", uri, "--grpc-addr", endpoint,
+		"--http-enabled=false", "--dispatch-cluster-enabled=false", "--metrics-enabled=false"}
+	return p, p.start()
+}
+
+func (p *spiceProcess) start() error {
+	logFile, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	cmd := exec.Command(p.bin, p.args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	p.cmd = cmd
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", p.endpoint, 200*time.Millisecond); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("SpiceDB did not start (log %s)", p.logPath)
+}
+
+func (p *spiceProcess) stop() {
+	if p.cmd != nil && p.cmd.Process != nil {
+		_ = p.cmd.Process.Kill()
+		_ = p.cmd.Wait()
+		p.cmd = nil
+	}
+}
+
+func (p *spiceProcess) config() jobs.SpiceDBConfig {
+	return jobs.SpiceDBConfig{Endpoint: p.endpoint, Token: p.token, Insecure: true}
+}
+
+// engineOpts choose how a Tether engine is tuned.
+type engineOpts struct {
+	workers       bool
+	riverDefaults bool // River's FetchCooldown 100 ms / FetchPollInterval 1 s, no group commit
+	http          bool
+	maxWorkers    int
+}
+
+// engine is Tether in-process, wired as `tether serve` wires it.
+type engine struct {
+	b       *bench
+	db      *pgxpool.Pool
+	dbURL   string
+	spice   *jobs.SpiceDB
+	proc    *spiceProcess
+	syncer  *jobs.Syncer
+	river   *river.Client[pgx.Tx]
+	svc     *app.Service
+	url     string
+	applied sync.Map // "kind/keyID" → func(token string)
+	closers []func()
+}
+
+func (b *bench) engine(ctx context.Context, o engineOpts) (*engine, error) {
+	dbURL, err := b.database(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	proc, err := b.spicedb(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e := &engine{b: b, dbURL: dbURL, proc: proc}
+	e.closers = append(e.closers, proc.stop)
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		return nil, err
+	}
+	cfg.MaxConns = 60
+	if e.db, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
+		return nil, err
+	}
+	e.closers = append(e.closers, e.db.Close)
+	if e.spice, err = jobs.NewSpiceDB(proc.config()); err != nil {
+		return nil, err
+	}
+	e.closers = append(e.closers, func() { e.spice.Close() })
+	if err := e.spice.WriteSchema(ctx); err != nil {
+		return nil, err
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	oauth := oauthclient.New(5 * time.Second)
+	e.syncer = &jobs.Syncer{DB: e.db, SpiceDB: e.spice, Logger: logger, MaxBackoff: 10 * time.Second, Keys: b.keys, OAuth: oauth,
+		OnApplied: func(kind, keyID, token string) {
+			if f, ok := e.applied.Load(kind + "/" + keyID); ok {
+				f.(func(string))(token)
+			}
+		}}
+	ccfg := jobs.DefaultClientConfig()
+	ccfg.Work = o.workers
+	ccfg.ReconcileInterval = 0
+	ccfg.Logger = logger
+	if o.maxWorkers > 0 {
+		ccfg.MaxWorkers = o.maxWorkers
+	}
+	if o.riverDefaults {
+		ccfg.FetchCooldown, ccfg.FetchPollInterval = 100*time.Millisecond, time.Second
+	} else if o.workers {
+		e.syncer.Batcher = jobs.NewBatcher(e.spice, 4)
+	}
+	client, enq, err := jobs.NewClient(e.db, e.syncer, ccfg)
+	if err != nil {
+		return nil, err
+	}
+	e.river = client
+	e.svc = &app.Service{DB: e.db, Enqueuer: enq, Keys: b.keys, OAuth: &app.OAuthConfig{Client: oauth, PublicURL: &url.URL{Scheme: "http", Host: "127.0.0.1"}}}
+	if o.workers {
+		runCtx, cancel := context.WithCancel(context.Background())
+		if err := client.Start(runCtx); err != nil {
+			cancel()
+			return nil, err
+		}
+		e.closers = append(e.closers, func() {
+			stopCtx, c := context.WithTimeout(context.Background(), 10*time.Second)
+			defer c()
+			_ = client.StopAndCancel(stopCtx)
+			cancel()
+			if e.syncer.Batcher != nil {
+				e.syncer.Batcher.Close()
+			}
+		})
+	}
+	if o.http {
+		auth, err := app.NewAuthenticator(ctx, &app.Config{AuthHMACSecret: b.secret, AuthAdminRole: "tether-admin"})
+		if err != nil {
+			return nil, err
+		}
+		server := app.NewServer(app.ServerDeps{Service: e.svc, Auth: auth, Logger: logger, SpiceDB: e.spice,
+			Cookie: "tether_token", Registry: prometheus.NewRegistry(), API: true})
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		hs := &http.Server{Handler: server.Echo, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = hs.Serve(l) }()
+		e.url = "http://" + l.Addr().String()
+		e.closers = append(e.closers, func() { _ = hs.Close() })
+	}
+	return e, nil
+}
+
+func (e *engine) close() {
+	for i := len(e.closers) - 1; i >= 0; i-- {
+		e.closers[i]()
+	}
+}
+
+// onApplied registers a callback for a key's next application.
+func (e *engine) onApplied(kind, keyID string, f func(token string)) {
+	e.applied.Store(kind+"/"+keyID, f)
+}
+
+// waitSynced waits until no key has an unapplied change and no sync job is left.
+func (e *engine) waitSynced(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var pending, left int64
+		err := e.db.QueryRow(ctx, `SELECT (SELECT count(*) FROM sync_state WHERE applied_generation < generation),
+			(SELECT count(*) FROM river_job WHERE kind LIKE 'tether.sync_%' AND state IN ('available','running','retryable','scheduled','pending'))`).Scan(&pending, &left)
+		if err != nil {
+			return err
+		}
+		if pending == 0 && left == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not synced after %s: %d keys pending, %d jobs left", timeout, pending, left)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (e *engine) token(sub string, admin bool) string {
+	var roles []string
+	if admin {
+		roles = []string{"tether-admin"}
+	}
+	t, err := app.SignDevToken(e.b.secret, sub, roles, 2*time.Hour)
+	if err != nil {
+		panic(err)
+	}
+	return t
+}
+
+// startWorkers starts a worker client on an engine built without one.
+func (e *engine) startWorkers(ctx context.Context) error {
+	ccfg := jobs.DefaultClientConfig()
+	ccfg.ReconcileInterval = 0
+	ccfg.Logger = e.syncer.Logger
+	e.syncer.Batcher = jobs.NewBatcher(e.spice, 4)
+	client, _, err := jobs.NewClient(e.db, e.syncer, ccfg)
+	if err != nil {
+		return err
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	if err := client.Start(runCtx); err != nil {
+		cancel()
+		return err
+	}
+	e.closers = append(e.closers, func() {
+		stopCtx, c := context.WithTimeout(context.Background(), 10*time.Second)
+		defer c()
+		_ = client.StopAndCancel(stopCtx)
+		cancel()
+		e.syncer.Batcher.Close()
+	})
+	return nil
+}
