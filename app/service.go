@@ -782,11 +782,11 @@ func (s *Service) ConnectionSetStatus(ctx context.Context, userID, providerID, s
 	}
 	var out *Connection
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		if _, err := q.ProviderGetByID(ctx, tx, providerID); err != nil {
-			return notFound(err, "provider")
-		}
 		row, err := q.ConnectionUpsertStatus(ctx, tx, &dbsqlc.ConnectionUpsertStatusParams{UserID: userID, ProviderID: providerID, Status: status})
 		if err != nil {
+			if isForeignKeyViolation(err) {
+				return Errorf(ENOTFOUND, "No such provider.")
+			}
 			return fmt.Errorf("error writing connection: %w", err)
 		}
 		out = &Connection{ID: row.ID, ProviderID: row.ProviderID, Status: row.Status, CreatedAt: row.CreatedAt, UpdatedAt: row.UpdatedAt,

@@ -310,7 +310,9 @@ func IsTransient(err error) bool {
 		return true // a network error without a gRPC status
 	}
 	switch st.Code() {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted, codes.Internal, codes.Unknown:
+	// Canceled: the call was abandoned (a shutdown, or a shared batched
+	// write cancelled for another job), never a verdict on the request.
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted, codes.Internal, codes.Unknown, codes.Canceled:
 		return true
 	}
 	return false

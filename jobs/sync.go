@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/tetherhq/tether/db/dbsqlc"
 	"github.com/tetherhq/tether/internal/keyring"
@@ -89,6 +88,20 @@ func (e *Enqueuer) Connections(ctx context.Context, tx pgx.Tx, providerID string
 		return nil
 	}
 	q := dbsqlc.New()
+	if len(userIDs) == 1 { // the common case: one InsertTx is cheaper than a batch
+		userID := userIDs[0]
+		if _, err := q.SyncBump(ctx, tx, &dbsqlc.SyncBumpParams{
+			Kind: KeyKindConnection, KeyID: ConnectionKeyID(providerID, userID),
+			ProviderID: &providerID, UserID: &userID, Revoke: revoke,
+		}); err != nil {
+			return fmt.Errorf("error marking connection key changed: %w", err)
+		}
+		if _, err := e.River.InsertTx(ctx, tx, SyncConnectionArgs{ProviderID: providerID, UserID: userID},
+			&river.InsertOpts{Priority: priority(revoke)}); err != nil {
+			return fmt.Errorf("error inserting connection sync job: %w", err)
+		}
+		return nil
+	}
 	params := make([]river.InsertManyParams, 0, len(userIDs))
 	for _, userID := range userIDs {
 		if _, err := q.SyncBump(ctx, tx, &dbsqlc.SyncBumpParams{
@@ -142,8 +155,9 @@ type Syncer struct {
 	// Batcher, if set, group-commits the workers' writes.
 	Batcher *Batcher
 	// OnApplied, if set, is called after a key's change is applied and
-	// fenced, with the ZedToken of the write (benchmarks use it).
-	OnApplied func(kind, keyID, zedToken string)
+	// fenced, with the ZedToken of the write and when SpiceDB acknowledged
+	// it (benchmarks use it).
+	OnApplied func(kind, keyID, zedToken string, writtenAt time.Time)
 }
 
 func (s *Syncer) write(ctx context.Context, updates []Update) (string, error) {
@@ -168,7 +182,7 @@ func (w *ConnectionWorker) Work(ctx context.Context, job *river.Job[SyncConnecti
 	args := job.Args
 	keyID := ConnectionKeyID(args.ProviderID, args.UserID)
 	rel := Relationship{TypeOAuth2Client, args.ProviderID, RelConnected, TypeUser, SubjectID(args.UserID)}
-	return runFenced(ctx, w.Syncer, job, KeyKindConnection, keyID, func(ctx context.Context) (syncPlan, error) {
+	return runFenced(ctx, w.Syncer, KeyKindConnection, keyID, func(ctx context.Context) (syncPlan, error) {
 		desired, err := dbsqlc.New().SyncConnectionDesired(ctx, w.DB, &dbsqlc.SyncConnectionDesiredParams{
 			KeyID: keyID, ProviderID: args.ProviderID, UserID: args.UserID,
 		})
@@ -195,7 +209,7 @@ func (w *PoolWorker) NextRetry(job *river.Job[SyncPoolArgs]) time.Time {
 func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) error {
 	poolID := job.Args.ResourcePoolID
 	resourceID := fmt.Sprint(poolID)
-	return runFenced(ctx, w.Syncer, job, KeyKindPool, resourceID, func(ctx context.Context) (syncPlan, error) {
+	return runFenced(ctx, w.Syncer, KeyKindPool, resourceID, func(ctx context.Context) (syncPlan, error) {
 		desired, err := dbsqlc.New().SyncPoolDesired(ctx, w.DB, &dbsqlc.SyncPoolDesiredParams{KeyID: resourceID, ResourcePoolID: poolID})
 		if err != nil {
 			return syncPlan{}, fmt.Errorf("error reading pool state: %w", err)
@@ -239,11 +253,10 @@ type syncPlan struct {
 
 // runFenced is the heart of the sync: read the key's desired relationships and
 // generation (one snapshot), write them, then record the generation as
-// applied only if it is still the key's generation, completing the job in the
-// same transaction. If the key changed meanwhile, another job may already
+// applied only if it is still the key's generation. If the key changed meanwhile, another job may already
 // have written the newer state before this job's write landed, so go round
 // again: the last write for a key is always made from its newest state.
-func runFenced[T river.JobArgs](ctx context.Context, s *Syncer, job *river.Job[T], kind, keyID string,
+func runFenced(ctx context.Context, s *Syncer, kind, keyID string,
 	plan func(ctx context.Context) (syncPlan, error),
 ) error {
 	for round := 0; ; round++ {
@@ -258,14 +271,15 @@ func runFenced[T river.JobArgs](ctx context.Context, s *Syncer, job *river.Job[T
 		if err != nil {
 			return s.failed(ctx, kind, keyID, err)
 		}
-		done, err := fence(ctx, s.DB, job, kind, keyID, generation, token)
+		writtenAt := time.Now()
+		done, err := fence(ctx, s.DB, kind, keyID, generation, token)
 		if err != nil {
 			return err
 		}
 		if done {
 			s.Metrics.observeApplied(kind, round, p.changedAt)
 			if s.OnApplied != nil {
-				s.OnApplied(kind, keyID, token)
+				s.OnApplied(kind, keyID, token, writtenAt)
 			}
 			return nil
 		}
@@ -275,30 +289,20 @@ func runFenced[T river.JobArgs](ctx context.Context, s *Syncer, job *river.Job[T
 	}
 }
 
-func fence[T river.JobArgs](ctx context.Context, db *pgxpool.Pool, job *river.Job[T], kind, keyID string, generation int64, token string) (bool, error) {
-	tx, err := db.Begin(ctx)
+// fence records generation as applied unless the key changed meanwhile. It
+// is one autocommit UPDATE: River completes the job afterwards (batched). If
+// the process dies between the two, the job runs again, which is harmless.
+func fence(ctx context.Context, db *pgxpool.Pool, kind, keyID string, generation int64, token string) (bool, error) {
+	if generation == 0 { // the key has no sync state (never changed through Tether): nothing to fence
+		return true, nil
+	}
+	rows, err := dbsqlc.New().SyncFence(ctx, db, &dbsqlc.SyncFenceParams{
+		Kind: kind, KeyID: keyID, Generation: generation, Zedtoken: &token,
+	})
 	if err != nil {
-		return false, fmt.Errorf("error beginning fence transaction: %w", err)
+		return false, fmt.Errorf("error recording applied generation: %w", err)
 	}
-	defer tx.Rollback(ctx)
-	if generation != 0 { // 0: the key has no sync state (never changed through Tether); nothing to fence.
-		rows, err := dbsqlc.New().SyncFence(ctx, tx, &dbsqlc.SyncFenceParams{
-			Kind: kind, KeyID: keyID, Generation: generation, Zedtoken: &token,
-		})
-		if err != nil {
-			return false, fmt.Errorf("error recording applied generation: %w", err)
-		}
-		if rows == 0 {
-			return false, nil
-		}
-	}
-	if _, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, job); err != nil {
-		return false, fmt.Errorf("error completing sync job: %w", err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return false, fmt.Errorf("error committing fence: %w", err)
-	}
-	return true, nil
+	return rows == 1, nil
 }
 
 // failed records a failed attempt on the key (for the API's sync status) and

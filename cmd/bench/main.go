@@ -86,6 +86,7 @@ func run(ctx context.Context) error {
 		}
 	}
 	for _, sc := range []scenario{
+		{"0", "SpiceDB's own write ceiling", scenarioSpiceDBCeiling},
 		{"1", "write path vs the database's ceiling", scenarioWritePath},
 		{"2", "time to consistency", scenarioConsistency},
 		{"3", "flat in the number of pools", scenarioFlat},

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -43,6 +44,8 @@ type bench struct {
 	// rawCeiling is the best raw pgx write rate of scenario 1, the
 	// machine's own limit for the write path.
 	rawCeiling float64
+	// spiceSingle and spiceBatched are SpiceDB's own write rates (scenario 0).
+	spiceSingle, spiceBatched float64
 }
 
 const benchSecret = "bench-secret-bench-secret-bench-secret"
@@ -233,9 +236,9 @@ func (b *bench) engine(ctx context.Context, o engineOpts) (*engine, error) {
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	oauth := oauthclient.New(5 * time.Second)
 	e.syncer = &jobs.Syncer{DB: e.db, SpiceDB: e.spice, Logger: logger, MaxBackoff: 10 * time.Second, Keys: b.keys, OAuth: oauth,
-		OnApplied: func(kind, keyID, token string) {
+		OnApplied: func(kind, keyID, token string, writtenAt time.Time) {
 			if f, ok := e.applied.Load(kind + "/" + keyID); ok {
-				f.(func(string))(token)
+				f.(func(string, time.Time))(token, writtenAt)
 			}
 		}}
 	ccfg := jobs.DefaultClientConfig()
@@ -248,7 +251,7 @@ func (b *bench) engine(ctx context.Context, o engineOpts) (*engine, error) {
 	if o.riverDefaults {
 		ccfg.FetchCooldown, ccfg.FetchPollInterval = 100*time.Millisecond, time.Second
 	} else if o.workers {
-		e.syncer.Batcher = jobs.NewBatcher(e.spice, 4)
+		e.syncer.Batcher = jobs.NewBatcher(e.spice, flushers())
 	}
 	client, enq, err := jobs.NewClient(e.db, e.syncer, ccfg)
 	if err != nil {
@@ -298,7 +301,7 @@ func (e *engine) close() {
 }
 
 // onApplied registers a callback for a key's next application.
-func (e *engine) onApplied(kind, keyID string, f func(token string)) {
+func (e *engine) onApplied(kind, keyID string, f func(token string, writtenAt time.Time)) {
 	e.applied.Store(kind+"/"+keyID, f)
 }
 
@@ -339,7 +342,7 @@ func (e *engine) startWorkers(ctx context.Context) error {
 	ccfg := jobs.DefaultClientConfig()
 	ccfg.ReconcileInterval = 0
 	ccfg.Logger = e.syncer.Logger
-	e.syncer.Batcher = jobs.NewBatcher(e.spice, 4)
+	e.syncer.Batcher = jobs.NewBatcher(e.spice, flushers())
 	client, _, err := jobs.NewClient(e.db, e.syncer, ccfg)
 	if err != nil {
 		return err
@@ -357,4 +360,13 @@ func (e *engine) startWorkers(ctx context.Context) error {
 		e.syncer.Batcher.Close()
 	})
 	return nil
+}
+
+// flushers is the group commit's concurrency (TETHER_SPICEDB_WRITE_FLUSHERS,
+// default 4 as in serve).
+func flushers() int {
+	if n, err := strconv.Atoi(os.Getenv("TETHER_SPICEDB_WRITE_FLUSHERS")); err == nil && n > 0 {
+		return n
+	}
+	return 4
 }
