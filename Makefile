@@ -40,7 +40,7 @@ test: deps build bin/spicedb ## run all tests (race detector) on a throwaway Pos
 FUZZTIME ?= 2m
 fuzz: build bin/spicedb ## run every fuzz target for FUZZTIME (default 2m each)
 	bin/devstack --test -- bash -c 'set -e; \
-	  for target in app:FuzzValidateNextURL app:FuzzDecodeJSON jobs:FuzzSubjectID; do \
+	  for target in app:FuzzValidateNextURL app:FuzzDecodeJSON app:FuzzParseState jobs:FuzzSubjectID; do \
 	    $(GO) test -run "^$$" -fuzz "^$${target#*:}$$" -fuzztime $(FUZZTIME) -parallel 2 ./$${target%%:*}; \
 	  done'
 

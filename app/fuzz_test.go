@@ -85,3 +85,29 @@ func FuzzDecodeJSON(f *testing.F) {
 		}
 	})
 }
+
+// State parsing never panics, accepts only what Tether issues (43 base64url
+// characters), and maps each accepted state to its own hash.
+func FuzzParseState(f *testing.F) {
+	for _, seed := range []string{"", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", strings.Repeat("_", 43), strings.Repeat("A", 44),
+		"%41" + strings.Repeat("A", 40), strings.Repeat("A", 42) + "=", strings.Repeat("é", 22)} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		hash, err := app.ParseState(raw)
+		if err != nil {
+			if app.ErrorCode(err) != app.EINVALID || hash != nil {
+				t.Fatalf("%q: %v", raw, err)
+			}
+			return
+		}
+		if len(raw) != 43 || len(hash) != 32 {
+			t.Fatalf("accepted %q (%d bytes) with a %d-byte hash", raw, len(raw), len(hash))
+		}
+		for _, r := range raw {
+			if !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				t.Fatalf("accepted %q with %q", raw, r)
+			}
+		}
+	})
+}

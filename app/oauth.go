@@ -108,7 +108,23 @@ func hashToken(s string) []byte {
 	return h[:]
 }
 
-var browserBindingPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
+// Tokens Tether makes (state, browser binding) are 32 random bytes,
+// base64url without padding: 43 characters of that alphabet.
+var tokenPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
+
+var browserBindingPattern = tokenPattern
+
+// ParseState checks the shape of a state from a callback and returns the hash
+// it is stored under. Anything Tether cannot have issued is refused before
+// the database is asked.
+func ParseState(raw string) ([]byte, error) {
+	if !tokenPattern.MatchString(raw) {
+		return nil, errInvalidState
+	}
+	return hashToken(raw), nil
+}
+
+var errInvalidState = Errorf(EINVALID, "The authorization state is invalid, expired, used already, or belongs to another user or browser. Start again.")
 
 // provider loads a provider and builds its OAuth2 configuration.
 func (s *Service) oauthProvider(ctx context.Context, q dbsqlc.DBTX, id string) (*oauthclient.Provider, oauthclient.Endpoints, error) {
@@ -233,14 +249,15 @@ var providerErrorPattern = regexp.MustCompile(`^[a-z_]{1,64}$`)
 // Callback completes a flow. The state is consumed first, so it can never be
 // used twice, even when the rest fails.
 func (s *Service) Callback(ctx context.Context, user *User, browserBinding, state, code, providerError string) (*CallbackResult, error) {
-	invalid := Errorf(EINVALID, "The authorization state is invalid, expired, used already, or belongs to another user or browser. Start again.")
-	if state == "" || len(state) > 200 {
-		return nil, invalid
+	invalid := errInvalidState
+	stateHash, err := ParseState(state)
+	if err != nil {
+		return nil, err
 	}
 	var st *dbsqlc.Oauth2State
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		var err error
-		st, err = dbsqlc.New().StateConsume(ctx, tx, hashToken(state))
+		st, err = dbsqlc.New().StateConsume(ctx, tx, stateHash)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return invalid
 		}

@@ -30,24 +30,6 @@ import (
 	"riverqueue.com/riverui"
 )
 
-// syncBuffer collects logs from many goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // oauthBundle is a Tether server, a real OAuth2 server (the zitadel example
 // OP, in-process on localhost) and a provider "dev" linked to a pool.
 type oauthBundle struct {
@@ -55,7 +37,7 @@ type oauthBundle struct {
 	op     *oauthtest.Provider
 	url    string
 	pool   *app.Pool
-	logs   *syncBuffer
+	logs   *testenv.Buffer
 	secret string
 }
 
@@ -70,7 +52,7 @@ func setupOAuth(t *testing.T) *oauthBundle {
 // HTTP server with metrics and River UI, and a real OAuth2 provider.
 func setupServer(t *testing.T, opts testenv.TetherOpts) *oauthBundle {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testenv.Buffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	registry := prometheus.NewRegistry()
 	opts.Logger = logger

@@ -19,9 +19,9 @@ import (
 	"github.com/tetherhq/tether/jobs"
 )
 
-func (b *oauthBundle) bearerGet(t *testing.T, path, token string) (int, string) {
+func (b *oauthBundle) bearer(t *testing.T, method, path, token string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, b.url+path, nil)
+	req, err := http.NewRequest(method, b.url+path, nil)
 	require.NoError(t, err)
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -33,16 +33,14 @@ func (b *oauthBundle) bearerGet(t *testing.T, path, token string) (int, string) 
 	return resp.StatusCode, string(body)
 }
 
+func (b *oauthBundle) bearerGet(t *testing.T, path, token string) (int, string) {
+	t.Helper()
+	return b.bearer(t, http.MethodGet, path, token)
+}
+
 func (b *oauthBundle) bearerDelete(t *testing.T, path, token string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodDelete, b.url+path, nil)
-	require.NoError(t, err)
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
+	return b.bearer(t, http.MethodDelete, path, token)
 }
 
 func devToken(t *testing.T, sub string, admin bool) string {

@@ -102,7 +102,9 @@ func run(ctx context.Context) error {
 		log.Printf("scenario %s: %s", sc.id, sc.name)
 		ms, err := sc.run(ctx, b)
 		if err != nil {
-			return fmt.Errorf("scenario %s (%s): %w", sc.id, sc.name, err)
+			// Keep going: one broken scenario should not hide the others.
+			log.Printf("scenario %s (%s) failed: %v", sc.id, sc.name, err)
+			ms = []Metric{{Name: sc.name + ": FAILED", Notes: []string{err.Error()}, Pass: passIf(false)}}
 		}
 		for i := range ms {
 			ms[i].Name = sc.id + ". " + ms[i].Name

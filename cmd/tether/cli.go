@@ -107,6 +107,39 @@ func riverLogger(w io.Writer, level string) *slog.Logger {
 	return newLogger(w, "warn")
 }
 
+// deps are what most commands need: the configuration, the pool and SpiceDB.
+type deps struct {
+	cfg   *app.Config
+	pool  *pgxpool.Pool
+	spice *jobs.SpiceDB
+}
+
+func (d *deps) close() {
+	d.spice.Close()
+	d.pool.Close()
+}
+
+// open loads the configuration and connects. With migrated, it also refuses
+// a database whose migrations are behind.
+func open(ctx context.Context, getenv func(string) string, scope app.ConfigScope, migrated bool) (*deps, error) {
+	cfg, err := app.LoadConfig(getenv, scope)
+	if err != nil {
+		return nil, err
+	}
+	pool, spice, err := connect(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	d := &deps{cfg: cfg, pool: pool, spice: spice}
+	if migrated {
+		if err := checkMigrations(ctx, pool); err != nil {
+			d.close()
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
 // connect opens the pool and the SpiceDB client, checking both answer, so
 // that a wrong URL or endpoint fails at start naming its variable.
 func connect(ctx context.Context, cfg *app.Config) (*pgxpool.Pool, *jobs.SpiceDB, error) {

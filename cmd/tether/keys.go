@@ -15,23 +15,16 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 	if len(args) != 1 || args[0] != "rotate" {
 		return &exitError{code: 2, err: fmt.Errorf("usage: tether keys rotate")}
 	}
-	cfg, err := app.LoadConfig(getenv, app.ScopeDatabase)
-	if err != nil {
-		return err
-	}
-	if cfg.EncryptionKeys == nil {
+	if getenv("TETHER_ENCRYPTION_KEYS") == "" {
 		return &app.ConfigError{Variable: "TETHER_ENCRYPTION_KEYS", Problem: "required to re-encrypt secrets"}
 	}
-	pool, spice, err := connect(ctx, cfg)
+	d, err := open(ctx, getenv, app.ScopeDatabase, true)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	defer spice.Close()
-	if err := checkMigrations(ctx, pool); err != nil {
-		return err
-	}
-	svc := &app.Service{DB: pool, Keys: cfg.EncryptionKeys}
+	defer d.close()
+	cfg := d.cfg
+	svc := &app.Service{DB: d.pool, Keys: cfg.EncryptionKeys}
 	r, err := svc.RotateKeys(ctx)
 	if err != nil {
 		return err

@@ -15,16 +15,12 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 	if len(args) != 1 || (args[0] != "up" && args[0] != "down" && args[0] != "status") {
 		return &exitError{code: 2, err: fmt.Errorf("usage: tether migrate up|down|status")}
 	}
-	cfg, err := app.LoadConfig(getenv, app.ScopeDatabase)
+	d, err := open(ctx, getenv, app.ScopeDatabase, false)
 	if err != nil {
 		return err
 	}
-	pool, spice, err := connect(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	defer spice.Close()
+	defer d.close()
+	pool, spice := d.pool, d.spice
 	m, err := migrations.New(pool)
 	if err != nil {
 		return err

@@ -25,19 +25,12 @@ func runReconcile(ctx context.Context, args []string, getenv func(string) string
 	if *output != "text" && *output != "json" {
 		return &exitError{code: 2, err: fmt.Errorf("reconcile: --output must be text or json")}
 	}
-	cfg, err := app.LoadConfig(getenv, app.ScopeDatabase)
+	d, err := open(ctx, getenv, app.ScopeDatabase, true)
 	if err != nil {
 		return err
 	}
-	pool, spice, err := connect(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	defer spice.Close()
-	if err := checkMigrations(ctx, pool); err != nil {
-		return err
-	}
+	defer d.close()
+	cfg, pool, spice := d.cfg, d.pool, d.spice
 	logger := newLogger(stderr, cfg.LogLevel)
 	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: cfg.RetryMaxBackoff}
 	// Insert-only: repairs that raced a change hand the key to the workers.

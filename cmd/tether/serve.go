@@ -27,21 +27,13 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	if *role != "api" && *role != "worker" && *role != "all" {
 		return &exitError{code: 2, err: fmt.Errorf("serve: --role must be api, worker or all, got %q", *role)}
 	}
-	cfg, err := app.LoadConfig(getenv, app.ScopeServe)
+	d, err := open(ctx, getenv, app.ScopeServe, true)
 	if err != nil {
 		return err
 	}
+	defer d.close()
+	cfg, pool, spice := d.cfg, d.pool, d.spice
 	logger := newLogger(stdout, cfg.LogLevel)
-
-	pool, spice, err := connect(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	defer spice.Close()
-	if err := checkMigrations(ctx, pool); err != nil {
-		return err
-	}
 	auth, err := app.NewAuthenticator(ctx, cfg)
 	if err != nil {
 		return err

@@ -20,16 +20,12 @@ import (
 // runStatus prints one screen for an operator: migrations, the queue, failing
 // jobs, the oldest unapplied change and the last reconcile.
 func runStatus(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
-	cfg, err := app.LoadConfig(getenv, app.ScopeDatabase)
+	d, err := open(ctx, getenv, app.ScopeDatabase, false)
 	if err != nil {
 		return err
 	}
-	pool, spice, err := connect(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	defer spice.Close()
+	defer d.close()
+	pool, spice := d.pool, d.spice
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	section := func(title string) { fmt.Fprintf(tw, "\n%s\n", strings.ToUpper(title)) }
 

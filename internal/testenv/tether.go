@@ -90,30 +90,12 @@ func StartTether(tb testing.TB, opts TetherOpts) *Tether {
 		syncer.Batcher = jobs.NewBatcher(spice, 4)
 		tb.Cleanup(syncer.Batcher.Close)
 	}
-	cfg := jobs.DefaultClientConfig()
-	cfg.Work = !opts.NoWorkers
-	cfg.MaxWorkers = 8
-	cfg.ReconcileInterval = 0
-	cfg.Logger = logger
-	if opts.Client != nil {
-		opts.Client(&cfg)
-	}
-	client, enqueuer, err := jobs.NewClient(pool, syncer, cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if cfg.Work {
-		ctx, cancel := context.WithCancel(context.Background())
-		if err := client.Start(ctx); err != nil {
-			tb.Fatal(err)
+	client, enqueuer := startClient(tb, pool, syncer, func(cfg *jobs.ClientConfig) {
+		cfg.Work = !opts.NoWorkers
+		if opts.Client != nil {
+			opts.Client(cfg)
 		}
-		tb.Cleanup(func() {
-			stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer stopCancel()
-			_ = client.StopAndCancel(stopCtx)
-			cancel()
-		})
-	}
+	})
 	return &Tether{
 		DB: pool, SpiceDB: spice, SpiceConfig: spiceCfg, River: client, Enqueuer: enqueuer, Syncer: syncer,
 		Service: &app.Service{DB: pool, Enqueuer: enqueuer, Keys: keys, OAuth: &app.OAuthConfig{
@@ -263,28 +245,39 @@ func (tt *Tether) SyncState(tb T, kind, keyID string) *dbsqlc.SyncState {
 // in spirit).
 func AttachWorkers(tb testing.TB, tt *Tether, tune func(*jobs.ClientConfig)) *river.Client[pgx.Tx] {
 	tb.Helper()
+	client, _ := startClient(tb, tt.DB, tt.Syncer, tune)
+	return client
+}
+
+// startClient builds a River client with the test defaults (8 workers, no
+// periodic reconcile) and tune applied, starts it if it works jobs, and
+// stops it when the test ends.
+func startClient(tb testing.TB, pool *pgxpool.Pool, syncer *jobs.Syncer, tune func(*jobs.ClientConfig)) (*river.Client[pgx.Tx], *jobs.Enqueuer) {
+	tb.Helper()
 	cfg := jobs.DefaultClientConfig()
 	cfg.MaxWorkers = 8
 	cfg.ReconcileInterval = 0
-	cfg.Logger = tt.Syncer.Logger
+	cfg.Logger = syncer.Logger
 	if tune != nil {
 		tune(&cfg)
 	}
-	client, _, err := jobs.NewClient(tt.DB, tt.Syncer, cfg)
+	client, enqueuer, err := jobs.NewClient(pool, syncer, cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := client.Start(ctx); err != nil {
-		tb.Fatal(err)
+	if cfg.Work {
+		ctx, cancel := context.WithCancel(context.Background())
+		if err := client.Start(ctx); err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() {
+			stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer stopCancel()
+			_ = client.StopAndCancel(stopCtx)
+			cancel()
+		})
 	}
-	tb.Cleanup(func() {
-		stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer stopCancel()
-		_ = client.StopAndCancel(stopCtx)
-		cancel()
-	})
-	return client
+	return client, enqueuer
 }
 
 // RunWorker runs a worker outside any test (a helper process a test kills).
