@@ -15,7 +15,7 @@ type cdfSeries struct {
 
 // renderCDF draws the latency CDFs (log-scaled x axis) as a standalone SVG.
 func renderCDF(series []cdfSeries) []byte {
-	const w, h, left, right, top, bottom = 900, 440, 70, 330, 40, 50
+	const w, h, left, right, top, bottom = 960, 440, 70, 390, 40, 50
 	pw, ph := float64(w-left-right), float64(h-top-bottom)
 	minMs, maxMs := 0.1, 10.0
 	for _, s := range series {
@@ -37,7 +37,7 @@ func renderCDF(series []cdfSeries) []byte {
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ddd"/><text x="%.1f" y="%d" text-anchor="middle">%g ms</text>`,
 			x(d), top, x(d), h-bottom, x(d), h-bottom+16, d)
 	}
-	for _, p := range []float64{0, 0.5, 0.9, 0.99, 1} {
+	for _, p := range []float64{0, 0.5, 0.9, 0.99} {
 		fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/><text x="%d" y="%.1f" text-anchor="end">%g%%</text>`,
 			left, y(p), w-right, y(p), left-6, y(p)+4, p*100)
 	}
