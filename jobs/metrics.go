@@ -82,6 +82,13 @@ func (m *Metrics) observeApplied(kind string, fenceRetries int, changedAt time.T
 	}
 }
 
+func (m *Metrics) observeFenceRetries(n int) {
+	if m == nil {
+		return
+	}
+	m.SyncFenceRetries.Add(float64(n))
+}
+
 func (m *Metrics) observeFailure(kind string, transient bool) {
 	if m == nil {
 		return

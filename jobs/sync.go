@@ -182,14 +182,14 @@ func (w *ConnectionWorker) Work(ctx context.Context, job *river.Job[SyncConnecti
 	args := job.Args
 	keyID := ConnectionKeyID(args.ProviderID, args.UserID)
 	rel := Relationship{TypeOAuth2Client, args.ProviderID, RelConnected, TypeUser, SubjectID(args.UserID)}
-	return runFenced(ctx, w.Syncer, KeyKindConnection, keyID, func(ctx context.Context) (syncPlan, error) {
+	return runFenced(ctx, w.Syncer, job.Attempt, KeyKindConnection, keyID, func(ctx context.Context) (syncPlan, error) {
 		desired, err := dbsqlc.New().SyncConnectionDesired(ctx, w.DB, &dbsqlc.SyncConnectionDesiredParams{
 			KeyID: keyID, ProviderID: args.ProviderID, UserID: args.UserID,
 		})
 		if err != nil {
 			return syncPlan{}, fmt.Errorf("error reading connection state: %w", err)
 		}
-		return syncPlan{generation: desired.Generation, changedAt: desired.ChangedAt,
+		return syncPlan{generation: desired.Generation, changedAt: desired.ChangedAt, settled: desired.Settled,
 			updates: []Update{{Relationship: rel, Delete: !desired.Connected}}}, nil
 	})
 }
@@ -209,7 +209,7 @@ func (w *PoolWorker) NextRetry(job *river.Job[SyncPoolArgs]) time.Time {
 func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) error {
 	poolID := job.Args.ResourcePoolID
 	resourceID := fmt.Sprint(poolID)
-	return runFenced(ctx, w.Syncer, KeyKindPool, resourceID, func(ctx context.Context) (syncPlan, error) {
+	return runFenced(ctx, w.Syncer, job.Attempt, KeyKindPool, resourceID, func(ctx context.Context) (syncPlan, error) {
 		desired, err := dbsqlc.New().SyncPoolDesired(ctx, w.DB, &dbsqlc.SyncPoolDesiredParams{KeyID: resourceID, ResourcePoolID: poolID})
 		if err != nil {
 			return syncPlan{}, fmt.Errorf("error reading pool state: %w", err)
@@ -239,7 +239,7 @@ func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) err
 				updates = append(updates, Update{Relationship: rel, Delete: true})
 			}
 		}
-		return syncPlan{generation: desired.Generation, changedAt: desired.ChangedAt, updates: updates}, nil
+		return syncPlan{generation: desired.Generation, changedAt: desired.ChangedAt, settled: desired.Settled, updates: updates}, nil
 	})
 }
 
@@ -248,7 +248,9 @@ func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) err
 type syncPlan struct {
 	generation int64
 	changedAt  time.Time
-	updates    []Update
+	// settled: every committed change of the key is applied already.
+	settled bool
+	updates []Update
 }
 
 // runFenced is the heart of the sync: read the key's desired relationships and
@@ -256,11 +258,18 @@ type syncPlan struct {
 // applied only if it is still the key's generation. If the key changed meanwhile, another job may already
 // have written the newer state before this job's write landed, so go round
 // again: the last write for a key is always made from its newest state.
-func runFenced(ctx context.Context, s *Syncer, kind, keyID string,
+func runFenced(ctx context.Context, s *Syncer, attempt int, kind, keyID string,
 	plan func(ctx context.Context) (syncPlan, error),
 ) error {
 	for round := 0; ; round++ {
 		p, err := plan(ctx)
+		if err == nil && p.settled && attempt == 1 && round == 0 {
+			// Another job applied this key's newest state (this job's change
+			// included) and fenced it. A first attempt has written nothing that
+			// could be stale, so there is nothing to do. (Retries and rescued
+			// jobs may have: they always write.)
+			return nil
+		}
 		generation, updates := p.generation, p.updates
 		if err != nil {
 			return s.failed(ctx, kind, keyID, err)
@@ -286,8 +295,22 @@ func runFenced(ctx context.Context, s *Syncer, kind, keyID string,
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if round+1 >= maxFenceRounds {
+			// The key keeps changing faster than a round takes (one pool under
+			// a stream of grants). Retry later instead of chasing it: the retry
+			// (attempt > 1) always rewrites the newest state, so a write of
+			// this attempt that landed late cannot stay last.
+			s.Metrics.observeFenceRetries(round + 1)
+			return errKeyContended
+		}
 	}
 }
+
+// maxFenceRounds bounds how often a job rewrites a key that keeps changing
+// before it retries later.
+const maxFenceRounds = 3
+
+var errKeyContended = errors.New("the key kept changing while its job wrote; retrying")
 
 // fence records generation as applied unless the key changed meanwhile. It
 // is one autocommit UPDATE: River completes the job afterwards (batched). If

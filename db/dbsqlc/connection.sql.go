@@ -63,31 +63,6 @@ func (q *Queries) ConnectionDeleteForUser(ctx context.Context, db DBTX, arg *Con
 	return &i, err
 }
 
-const connectionGetByUserProvider = `-- name: ConnectionGetByUserProvider :one
-SELECT id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at FROM oauth2_connections WHERE user_id = $1 AND provider_id = $2
-`
-
-type ConnectionGetByUserProviderParams struct {
-	UserID     string
-	ProviderID string
-}
-
-func (q *Queries) ConnectionGetByUserProvider(ctx context.Context, db DBTX, arg *ConnectionGetByUserProviderParams) (*Oauth2Connection, error) {
-	row := db.QueryRow(ctx, connectionGetByUserProvider, arg.UserID, arg.ProviderID)
-	var i Oauth2Connection
-	err := row.Scan(
-		&i.ID,
-		&i.UserID,
-		&i.ProviderID,
-		&i.Status,
-		&i.CreatedAt,
-		&i.UpdatedAt,
-		&i.TokenEnc,
-		&i.TokenExpiresAt,
-	)
-	return &i, err
-}
-
 const connectionGetForUser = `-- name: ConnectionGetForUser :one
 SELECT c.id, c.user_id, c.provider_id, c.status, c.created_at, c.updated_at, c.token_enc, c.token_expires_at, s.generation, s.applied_generation, s.applied_at, s.last_error
 FROM oauth2_connections c

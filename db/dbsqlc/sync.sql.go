@@ -58,6 +58,7 @@ const syncConnectionDesired = `-- name: SyncConnectionDesired :one
 SELECT
     COALESCE((SELECT s.generation FROM sync_state s WHERE s.kind = 'connection' AND s.key_id = $1), 0)::bigint AS generation,
     COALESCE((SELECT s.changed_at FROM sync_state s WHERE s.kind = 'connection' AND s.key_id = $1), 'epoch')::timestamptz AS changed_at,
+    COALESCE((SELECT s.applied_generation = s.generation FROM sync_state s WHERE s.kind = 'connection' AND s.key_id = $1), false)::boolean AS settled,
     EXISTS (SELECT 1 FROM oauth2_connections c
             WHERE c.provider_id = $2 AND c.user_id = $3 AND c.status = 'connected') AS connected
 `
@@ -71,6 +72,7 @@ type SyncConnectionDesiredParams struct {
 type SyncConnectionDesiredRow struct {
 	Generation int64
 	ChangedAt  time.Time
+	Settled    bool
 	Connected  bool
 }
 
@@ -79,7 +81,12 @@ type SyncConnectionDesiredRow struct {
 func (q *Queries) SyncConnectionDesired(ctx context.Context, db DBTX, arg *SyncConnectionDesiredParams) (*SyncConnectionDesiredRow, error) {
 	row := db.QueryRow(ctx, syncConnectionDesired, arg.KeyID, arg.ProviderID, arg.UserID)
 	var i SyncConnectionDesiredRow
-	err := row.Scan(&i.Generation, &i.ChangedAt, &i.Connected)
+	err := row.Scan(
+		&i.Generation,
+		&i.ChangedAt,
+		&i.Settled,
+		&i.Connected,
+	)
 	return &i, err
 }
 
@@ -224,6 +231,7 @@ const syncPoolDesired = `-- name: SyncPoolDesired :one
 SELECT
     COALESCE((SELECT s.generation FROM sync_state s WHERE s.kind = 'pool' AND s.key_id = $1), 0)::bigint AS generation,
     COALESCE((SELECT s.changed_at FROM sync_state s WHERE s.kind = 'pool' AND s.key_id = $1), 'epoch')::timestamptz AS changed_at,
+    COALESCE((SELECT s.applied_generation = s.generation FROM sync_state s WHERE s.kind = 'pool' AND s.key_id = $1), false)::boolean AS settled,
     (p.id IS NOT NULL)::boolean AS pool_exists,
     COALESCE(p.public, false)::boolean AS public,
     p.remote_provider_id,
@@ -241,6 +249,7 @@ type SyncPoolDesiredParams struct {
 type SyncPoolDesiredRow struct {
 	Generation       int64
 	ChangedAt        time.Time
+	Settled          bool
 	PoolExists       bool
 	Public           bool
 	RemoteProviderID *string
@@ -253,6 +262,7 @@ func (q *Queries) SyncPoolDesired(ctx context.Context, db DBTX, arg *SyncPoolDes
 	err := row.Scan(
 		&i.Generation,
 		&i.ChangedAt,
+		&i.Settled,
 		&i.PoolExists,
 		&i.Public,
 		&i.RemoteProviderID,

@@ -11,9 +11,6 @@ FROM oauth2_connections c
 LEFT JOIN sync_state s ON s.kind = 'connection' AND s.key_id = c.provider_id || '/' || tether_subject_id(c.user_id)
 WHERE c.id = @id AND c.user_id = @user_id;
 
--- name: ConnectionGetByUserProvider :one
-SELECT * FROM oauth2_connections WHERE user_id = @user_id AND provider_id = @provider_id;
-
 -- name: ConnectionDeleteForUser :one
 DELETE FROM oauth2_connections WHERE id = @id AND user_id = @user_id
 RETURNING *;

@@ -22,6 +22,7 @@ RETURNING generation;
 SELECT
     COALESCE((SELECT s.generation FROM sync_state s WHERE s.kind = 'connection' AND s.key_id = @key_id), 0)::bigint AS generation,
     COALESCE((SELECT s.changed_at FROM sync_state s WHERE s.kind = 'connection' AND s.key_id = @key_id), 'epoch')::timestamptz AS changed_at,
+    COALESCE((SELECT s.applied_generation = s.generation FROM sync_state s WHERE s.kind = 'connection' AND s.key_id = @key_id), false)::boolean AS settled,
     EXISTS (SELECT 1 FROM oauth2_connections c
             WHERE c.provider_id = @provider_id AND c.user_id = @user_id AND c.status = 'connected') AS connected;
 
@@ -29,6 +30,7 @@ SELECT
 SELECT
     COALESCE((SELECT s.generation FROM sync_state s WHERE s.kind = 'pool' AND s.key_id = @key_id), 0)::bigint AS generation,
     COALESCE((SELECT s.changed_at FROM sync_state s WHERE s.kind = 'pool' AND s.key_id = @key_id), 'epoch')::timestamptz AS changed_at,
+    COALESCE((SELECT s.applied_generation = s.generation FROM sync_state s WHERE s.kind = 'pool' AND s.key_id = @key_id), false)::boolean AS settled,
     (p.id IS NOT NULL)::boolean AS pool_exists,
     COALESCE(p.public, false)::boolean AS public,
     p.remote_provider_id,
