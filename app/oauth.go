@@ -126,34 +126,28 @@ func ParseState(raw string) ([]byte, error) {
 
 var errInvalidState = Errorf(EINVALID, "The authorization state is invalid, expired, used already, or belongs to another user or browser. Start again.")
 
-// provider loads a provider and builds its OAuth2 configuration.
+// oauthProvider loads a provider, decrypts its client secret and resolves
+// its endpoints.
 func (s *Service) oauthProvider(ctx context.Context, q dbsqlc.DBTX, id string) (*oauthclient.Provider, oauthclient.Endpoints, error) {
 	row, err := dbsqlc.New().ProviderGetByID(ctx, q, id)
 	if err != nil {
 		return nil, oauthclient.Endpoints{}, notFound(err, "provider")
 	}
-	p, err := s.clientProvider(row.ID, row.Kind, row.ClientID, row.ClientSecretEnc, row.Scope, row.Url, row.AuthorizationUrl, row.TokenUrl, row.RevocationUrl, row.IssuerUrl)
-	if err != nil {
-		return nil, oauthclient.Endpoints{}, err
+	p := &oauthclient.Provider{ID: row.ID, Kind: row.Kind, ClientID: row.ClientID, Scope: row.Scope, URL: row.Url,
+		AuthorizationURL: row.AuthorizationUrl, TokenURL: row.TokenUrl, RevocationURL: row.RevocationUrl,
+		IssuerURL: row.IssuerUrl, UsePKCE: row.UsePkce}
+	if len(row.ClientSecretEnc) > 0 {
+		secret, _, err := s.Keys.Decrypt(row.ClientSecretEnc, secretAAD(row.ID))
+		if err != nil {
+			return nil, oauthclient.Endpoints{}, fmt.Errorf("error decrypting client secret of provider %s: %w", row.ID, err)
+		}
+		p.ClientSecret = string(secret)
 	}
 	e, err := s.OAuth.Client.Endpoints(ctx, p)
 	if err != nil {
 		return nil, oauthclient.Endpoints{}, &wrappedError{app: Errorf(EUNAVAILABLE, "The provider's configuration could not be loaded; try again."), cause: err}
 	}
 	return p, e, nil
-}
-
-func (s *Service) clientProvider(id, kind, clientID string, secretEnc []byte, scope, u, authURL, tokenURL, revURL, issuer string) (*oauthclient.Provider, error) {
-	p := &oauthclient.Provider{ID: id, Kind: kind, ClientID: clientID, Scope: scope, URL: u,
-		AuthorizationURL: authURL, TokenURL: tokenURL, RevocationURL: revURL, IssuerURL: issuer}
-	if len(secretEnc) > 0 {
-		secret, _, err := s.Keys.Decrypt(secretEnc, secretAAD(id))
-		if err != nil {
-			return nil, fmt.Errorf("error decrypting client secret of provider %s: %w", id, err)
-		}
-		p.ClientSecret = string(secret)
-	}
-	return p, nil
 }
 
 // Authorization is the start of a flow: where to send the browser, and the
@@ -181,11 +175,7 @@ func (s *Service) Authorize(ctx context.Context, user *User, providerID, nextURL
 	cfg := oauthclient.Config(provider, endpoints, s.redirectURL())
 	var opts []oauth2.AuthCodeOption
 	var verifierEnc []byte
-	usePKCE, err := s.providerUsesPKCE(ctx, providerID)
-	if err != nil {
-		return nil, err
-	}
-	if usePKCE {
+	if provider.UsePKCE {
 		verifier := oauth2.GenerateVerifier()
 		opts = append(opts, oauth2.S256ChallengeOption(verifier))
 		if verifierEnc, err = s.Keys.Encrypt([]byte(verifier), hashToken(state)); err != nil {
@@ -217,14 +207,6 @@ func (s *Service) Authorize(ctx context.Context, user *User, providerID, nextURL
 		return nil, err
 	}
 	return &Authorization{RedirectURL: cfg.AuthCodeURL(state, opts...), BrowserBinding: browserBinding}, nil
-}
-
-func (s *Service) providerUsesPKCE(ctx context.Context, id string) (bool, error) {
-	row, err := q.ProviderGetByID(ctx, s.DB, id)
-	if err != nil {
-		return false, notFound(err, "provider")
-	}
-	return row.UsePkce, nil
 }
 
 // CallbackResult says where the browser goes after the callback.

@@ -456,12 +456,25 @@ func (s *Service) PoolCreate(ctx context.Context, in *PoolInput) (*Pool, error) 
 
 // PoolList lists the pools the user may view (all of them for admins).
 func (s *Service) PoolList(ctx context.Context, user *User) ([]*Pool, error) {
+	return s.pools(ctx, user, nil)
+}
+
+// pools lists the pools the user may view, or just pool onlyID.
+func (s *Service) pools(ctx context.Context, user *User, onlyID *int64) ([]*Pool, error) {
 	var rows []*dbsqlc.ResourcePool
 	var err error
-	if user.Admin {
+	switch {
+	case user.Admin && onlyID != nil:
+		var row *dbsqlc.ResourcePool
+		if row, err = q.PoolGetByID(ctx, s.DB, *onlyID); err == nil {
+			rows = append(rows, row)
+		} else if errors.Is(err, pgx.ErrNoRows) {
+			err = nil
+		}
+	case user.Admin:
 		rows, err = q.PoolList(ctx, s.DB)
-	} else {
-		rows, err = q.PoolListVisible(ctx, s.DB, user.ID)
+	default:
+		rows, err = q.PoolListVisible(ctx, s.DB, &dbsqlc.PoolListVisibleParams{UserID: user.ID, OnlyID: onlyID})
 	}
 	if err != nil {
 		return nil, unavailable(fmt.Errorf("error listing pools: %w", err))
@@ -502,16 +515,14 @@ func (s *Service) attachPoolSync(ctx context.Context, pools []*Pool) error {
 // PoolGet returns one pool if the user may view it; otherwise it does not
 // exist as far as the user can tell.
 func (s *Service) PoolGet(ctx context.Context, user *User, id int64) (*Pool, error) {
-	pools, err := s.PoolList(ctx, user)
+	pools, err := s.pools(ctx, user, &id)
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range pools {
-		if p.ID == id {
-			return p, nil
-		}
+	if len(pools) == 0 {
+		return nil, Errorf(ENOTFOUND, "No resource pool %d.", id)
 	}
-	return nil, Errorf(ENOTFOUND, "No resource pool %d.", id)
+	return pools[0], nil
 }
 
 // PoolUpdate changes the fields given; relinking or unlinking moves access

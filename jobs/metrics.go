@@ -3,7 +3,6 @@ package jobs
 import (
 	"context"
 	"errors"
-	"math"
 	"strconv"
 	"time"
 
@@ -125,84 +124,82 @@ func (m *Metrics) middleware() rivertype.Middleware {
 // RegisterStateGauges exports, on every scrape, what only the database and
 // SpiceDB know, so every replica reports the same truth: the age of the
 // oldest unapplied change and revocation, pending and stalled keys, the last
-// reconcile (whoever ran it), and whether SpiceDB answers with Tether's schema.
+// reconcile (whoever ran it), and whether SpiceDB answers with Tether's
+// schema. One scrape makes one query of each kind.
 func RegisterStateGauges(reg prometheus.Registerer, db *pgxpool.Pool, spice *SpiceDB) {
+	reg.MustRegister(&stateCollector{db: db, spice: spice})
+}
+
+var stateDescs = struct {
+	oldestChange, oldestRevocation, pending, stalled                *prometheus.Desc
+	lastRun, lastDuration, lastSuccess, drift, spiceUp, spiceSchema *prometheus.Desc
+}{
+	oldestChange: prometheus.NewDesc("tether_sync_oldest_unapplied_change_age_seconds",
+		"Age of the oldest change not yet applied to SpiceDB (0 when all are applied).", nil, nil),
+	oldestRevocation: prometheus.NewDesc("tether_sync_oldest_unapplied_revocation_age_seconds",
+		"Age of the oldest change that may revoke access and is not yet applied to SpiceDB (0 when none).", nil, nil),
+	pending: prometheus.NewDesc("tether_sync_pending_keys", "Sync keys with a change not yet applied.", nil, nil),
+	stalled: prometheus.NewDesc("tether_sync_stalled_keys",
+		"Sync keys whose job stopped on a permanent error (the reconciler retries them).", nil, nil),
+	lastRun:      prometheus.NewDesc("tether_reconcile_last_run_timestamp_seconds", "When the last reconcile finished (0: never).", nil, nil),
+	lastDuration: prometheus.NewDesc("tether_reconcile_last_duration_seconds", "How long the last reconcile took.", nil, nil),
+	lastSuccess: prometheus.NewDesc("tether_reconcile_last_success",
+		"Whether the last reconcile finished without error (1) or not (0).", nil, nil),
+	drift: prometheus.NewDesc("tether_reconcile_drift_relationships",
+		"Relationships the last reconcile found out of step on settled keys.", []string{"kind"}, nil),
+	spiceUp: prometheus.NewDesc("tether_spicedb_up", "Whether SpiceDB answered the last scrape's schema read (1) or not (0).", nil, nil),
+	spiceSchema: prometheus.NewDesc("tether_spicedb_schema_current",
+		"Whether SpiceDB holds exactly Tether's schema (0 after a wipe, until reconcile).", nil, nil),
+}
+
+type stateCollector struct {
+	db    *pgxpool.Pool
+	spice *SpiceDB
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{stateDescs.oldestChange, stateDescs.oldestRevocation, stateDescs.pending,
+		stateDescs.stalled, stateDescs.lastRun, stateDescs.lastDuration, stateDescs.lastSuccess, stateDescs.drift,
+		stateDescs.spiceUp, stateDescs.spiceSchema} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
 	q := dbsqlc.New()
-	scrapeCtx := func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(context.Background(), 2*time.Second)
-	}
-	pending := func() *dbsqlc.SyncOldestPendingRow {
-		ctx, cancel := scrapeCtx()
-		defer cancel()
-		row, err := q.SyncOldestPending(ctx, db)
-		if err != nil {
-			nan := math.NaN()
-			return &dbsqlc.SyncOldestPendingRow{OldestPendingAgeSeconds: nan, OldestRevokePendingAgeSeconds: nan, PendingKeys: -1, StalledKeys: -1}
+	if p, err := q.SyncOldestPending(ctx, c.db); err == nil {
+		gauge(stateDescs.oldestChange, p.OldestPendingAgeSeconds)
+		gauge(stateDescs.oldestRevocation, p.OldestRevokePendingAgeSeconds)
+		gauge(stateDescs.pending, float64(p.PendingKeys))
+		gauge(stateDescs.stalled, float64(p.StalledKeys))
+	} // on error the series are absent: Prometheus shows the gap
+	run, err := q.ReconcileRunLatest(ctx, c.db)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		gauge(stateDescs.lastRun, 0)
+	case err == nil:
+		success := 1.0
+		if run.Error != nil {
+			success = 0
 		}
-		return row
+		gauge(stateDescs.lastRun, float64(run.FinishedAt.Unix()))
+		gauge(stateDescs.lastDuration, run.FinishedAt.Sub(run.StartedAt).Seconds())
+		gauge(stateDescs.lastSuccess, success)
+		gauge(stateDescs.drift, float64(run.Missing), "missing")
+		gauge(stateDescs.drift, float64(run.Extra), "extra")
 	}
-	lastRun := func(pick func(*dbsqlc.ReconcileRun) float64) func() float64 {
-		return func() float64 {
-			ctx, cancel := scrapeCtx()
-			defer cancel()
-			run, err := q.ReconcileRunLatest(ctx, db)
-			if errors.Is(err, pgx.ErrNoRows) {
-				return 0
-			}
-			if err != nil {
-				return math.NaN()
-			}
-			return pick(run)
+	up, current := 0.0, 0.0
+	if st, err := c.spice.CheckSchema(ctx); err == nil {
+		up = 1
+		if st == SchemaCurrent {
+			current = 1
 		}
 	}
-	gauge := func(name, help string, f func() float64) prometheus.Collector {
-		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
-	}
-	reg.MustRegister(
-		gauge("tether_sync_oldest_unapplied_change_age_seconds",
-			"Age of the oldest change not yet applied to SpiceDB (0 when all are applied).",
-			func() float64 { return pending().OldestPendingAgeSeconds }),
-		gauge("tether_sync_oldest_unapplied_revocation_age_seconds",
-			"Age of the oldest change that may revoke access and is not yet applied to SpiceDB (0 when none).",
-			func() float64 { return pending().OldestRevokePendingAgeSeconds }),
-		gauge("tether_sync_pending_keys", "Sync keys with a change not yet applied.",
-			func() float64 { return float64(pending().PendingKeys) }),
-		gauge("tether_sync_stalled_keys", "Sync keys whose job stopped on a permanent error (the reconciler retries them).",
-			func() float64 { return float64(pending().StalledKeys) }),
-		gauge("tether_reconcile_last_run_timestamp_seconds", "When the last reconcile finished (0: never).",
-			lastRun(func(r *dbsqlc.ReconcileRun) float64 { return float64(r.FinishedAt.Unix()) })),
-		gauge("tether_reconcile_last_duration_seconds", "How long the last reconcile took.",
-			lastRun(func(r *dbsqlc.ReconcileRun) float64 { return r.FinishedAt.Sub(r.StartedAt).Seconds() })),
-		gauge("tether_reconcile_last_success", "Whether the last reconcile finished without error (1) or not (0).",
-			lastRun(func(r *dbsqlc.ReconcileRun) float64 {
-				if r.Error != nil {
-					return 0
-				}
-				return 1
-			})),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_reconcile_drift_relationships",
-			Help: "Relationships the last reconcile found out of step on settled keys.", ConstLabels: prometheus.Labels{"kind": "missing"}},
-			lastRun(func(r *dbsqlc.ReconcileRun) float64 { return float64(r.Missing) })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_reconcile_drift_relationships",
-			Help: "Relationships the last reconcile found out of step on settled keys.", ConstLabels: prometheus.Labels{"kind": "extra"}},
-			lastRun(func(r *dbsqlc.ReconcileRun) float64 { return float64(r.Extra) })),
-		gauge("tether_spicedb_up", "Whether SpiceDB answered the last scrape's schema read (1) or not (0).",
-			func() float64 {
-				ctx, cancel := scrapeCtx()
-				defer cancel()
-				if _, err := spice.CheckSchema(ctx); err != nil {
-					return 0
-				}
-				return 1
-			}),
-		gauge("tether_spicedb_schema_current", "Whether SpiceDB holds exactly Tether's schema (0 after a wipe, until reconcile).",
-			func() float64 {
-				ctx, cancel := scrapeCtx()
-				defer cancel()
-				if st, err := spice.CheckSchema(ctx); err != nil || st != SchemaCurrent {
-					return 0
-				}
-				return 1
-			}),
-	)
+	gauge(stateDescs.spiceUp, up)
+	gauge(stateDescs.spiceSchema, current)
 }

@@ -126,20 +126,27 @@ func (q *Queries) PoolList(ctx context.Context, db DBTX) ([]*ResourcePool, error
 
 const poolListVisible = `-- name: PoolListVisible :many
 SELECT p.id, p.name, p.public, p.is_default, p.remote_provider_id, p.created_at, p.updated_at FROM resource_pools p
-WHERE p.public
-   OR EXISTS (SELECT 1 FROM resource_pool_viewers v WHERE v.resource_pool_id = p.id AND v.user_id = $1)
+WHERE ($1::bigint IS NULL OR p.id = $1::bigint)
+  AND (p.public
+   OR EXISTS (SELECT 1 FROM resource_pool_viewers v WHERE v.resource_pool_id = p.id AND v.user_id = $2)
    OR EXISTS (SELECT 1 FROM oauth2_connections c
-              WHERE c.provider_id = p.remote_provider_id AND c.user_id = $1 AND c.status = 'connected')
+              WHERE c.provider_id = p.remote_provider_id AND c.user_id = $2 AND c.status = 'connected'))
 ORDER BY p.id
 `
+
+type PoolListVisibleParams struct {
+	OnlyID *int64
+	UserID string
+}
 
 // The caller's view of the pools, computed from the database: public pools,
 // pools the user was granted by hand, and pools linked to a provider the user
 // is connected to. It is the SpiceDB permission
 // view = viewer + provider->connected, evaluated on the source of truth, so it
 // reflects a change the moment it commits (read-your-writes).
-func (q *Queries) PoolListVisible(ctx context.Context, db DBTX, userID string) ([]*ResourcePool, error) {
-	rows, err := db.Query(ctx, poolListVisible, userID)
+// With @only_id set, just that pool (if visible).
+func (q *Queries) PoolListVisible(ctx context.Context, db DBTX, arg *PoolListVisibleParams) ([]*ResourcePool, error) {
+	rows, err := db.Query(ctx, poolListVisible, arg.OnlyID, arg.UserID)
 	if err != nil {
 		return nil, err
 	}

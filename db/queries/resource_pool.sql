@@ -17,12 +17,14 @@ SELECT * FROM resource_pools ORDER BY id;
 -- is connected to. It is the SpiceDB permission
 -- view = viewer + provider->connected, evaluated on the source of truth, so it
 -- reflects a change the moment it commits (read-your-writes).
+-- With @only_id set, just that pool (if visible).
 -- name: PoolListVisible :many
 SELECT p.* FROM resource_pools p
-WHERE p.public
+WHERE (sqlc.narg('only_id')::bigint IS NULL OR p.id = sqlc.narg('only_id')::bigint)
+  AND (p.public
    OR EXISTS (SELECT 1 FROM resource_pool_viewers v WHERE v.resource_pool_id = p.id AND v.user_id = @user_id)
    OR EXISTS (SELECT 1 FROM oauth2_connections c
-              WHERE c.provider_id = p.remote_provider_id AND c.user_id = @user_id AND c.status = 'connected')
+              WHERE c.provider_id = p.remote_provider_id AND c.user_id = @user_id AND c.status = 'connected'))
 ORDER BY p.id;
 
 -- name: PoolUpdate :one

@@ -180,34 +180,13 @@ func (s *Stack) startPostgres(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	args := []string{"-D", dataDir, "-p", strconv.Itoa(port), "-c", "listen_addresses=127.0.0.1",
-		"-c", "unix_socket_directories=", "-c", "max_connections=500", "-c", "shared_buffers=256MB"}
-	if s.opts.Fast {
-		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
-	}
-	logFile, err := os.OpenFile(filepath.Join(s.opts.Dir, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return fmt.Errorf("error opening Postgres log: %w", err)
-	}
-	defer logFile.Close()
-	cmd := exec.Command(filepath.Join(binDir, "postgres"), args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGINT, Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("error starting Postgres: %w", err)
-	}
-	s.procs = append(s.procs, cmd)
 	s.AdminURL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
 	s.DatabaseURL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/tether?sslmode=disable", port)
-	if err := waitFor(ctx, 30*time.Second, func(ctx context.Context) error {
-		conn, err := pgx.Connect(ctx, s.AdminURL)
-		if err != nil {
-			return err
-		}
-		return conn.Close(ctx)
-	}); err != nil {
-		return fmt.Errorf("Postgres did not come up (log: %s): %w", logFile.Name(), err)
+	cmd, err := s.launchPostgres(ctx, binDir, cred, port)
+	if err != nil {
+		return err
 	}
+	s.procs = append(s.procs, cmd)
 	for _, db := range []string{"tether", "spicedb"} {
 		if err := createDatabase(ctx, s.AdminURL, db); err != nil {
 			return err
@@ -215,6 +194,39 @@ func (s *Stack) startPostgres(ctx context.Context) error {
 	}
 	s.opts.Logf("Postgres listening on 127.0.0.1:%d", port)
 	return nil
+}
+
+// launchPostgres starts the cluster in the stack's folder on port and waits
+// until it accepts connections (the caller records the process).
+func (s *Stack) launchPostgres(ctx context.Context, binDir string, cred *syscall.Credential, port int) (*exec.Cmd, error) {
+	args := []string{"-D", filepath.Join(s.opts.Dir, "postgres"), "-p", strconv.Itoa(port), "-c", "listen_addresses=127.0.0.1",
+		"-c", "unix_socket_directories=", "-c", "max_connections=500", "-c", "shared_buffers=256MB"}
+	if s.opts.Fast {
+		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+	}
+	logFile, err := os.OpenFile(filepath.Join(s.opts.Dir, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("error opening Postgres log: %w", err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(filepath.Join(binDir, "postgres"), args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGINT, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("error starting Postgres: %w", err)
+	}
+	if err := waitFor(ctx, 60*time.Second, func(ctx context.Context) error {
+		conn, err := pgx.Connect(ctx, s.AdminURL)
+		if err != nil {
+			return err
+		}
+		return conn.Close(ctx)
+	}); err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("Postgres did not come up (log: %s): %w", logFile.Name(), err)
+	}
+	return cmd, nil
 }
 
 func chownForPostgres(dir string, cred *syscall.Credential) error {

@@ -5,14 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // ShutdownMode is how StopPostgres stops the server (see pg_ctl stop -m).
@@ -80,35 +77,13 @@ func (s *Stack) StartPostgresAgain(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	dataDir := filepath.Join(s.opts.Dir, "postgres")
-	args := []string{"-D", dataDir, "-p", strconv.Itoa(port), "-c", "listen_addresses=127.0.0.1",
-		"-c", "unix_socket_directories=", "-c", "max_connections=500", "-c", "shared_buffers=256MB"}
-	if s.opts.Fast {
-		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
-	}
-	logFile, err := os.OpenFile(filepath.Join(s.opts.Dir, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	cmd, err := s.launchPostgres(ctx, s.PostgresBinDir, cred, port)
 	if err != nil {
-		return fmt.Errorf("error opening Postgres log: %w", err)
-	}
-	defer logFile.Close()
-	cmd := exec.Command(filepath.Join(s.PostgresBinDir, "postgres"), args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGINT, Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("error starting Postgres: %w", err)
+		return err
 	}
 	// First, as Start put it: Stop stops the newest first, and SpiceDB may
 	// run on this Postgres.
 	s.procs = append([]*exec.Cmd{cmd}, s.procs...)
-	if err := waitFor(ctx, 60*time.Second, func(ctx context.Context) error {
-		conn, err := pgx.Connect(ctx, s.AdminURL)
-		if err != nil {
-			return err
-		}
-		return conn.Close(ctx)
-	}); err != nil {
-		return fmt.Errorf("Postgres did not come back (log: %s): %w", logFile.Name(), err)
-	}
 	s.opts.Logf("Postgres listening again on 127.0.0.1:%d", port)
 	return nil
 }

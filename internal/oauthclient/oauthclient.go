@@ -30,6 +30,7 @@ type Provider struct {
 	TokenURL         string
 	RevocationURL    string
 	IssuerURL        string
+	UsePKCE          bool
 }
 
 // Endpoints are a provider's OAuth2 endpoints.
