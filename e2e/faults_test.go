@@ -612,7 +612,7 @@ func startEngine(t *testing.T, databaseURL string, tune func(*jobs.ClientConfig)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	oauth := oauthclient.New(5 * time.Second)
 	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: 500 * time.Millisecond, Keys: keys, OAuth: oauth}
-	syncer.Batcher = jobs.NewBatcher(spice, 4) // TETHER_SPICEDB_WRITE_FLUSHERS' default
+	syncer.Batcher = jobs.NewBatcher(spice, pool, 4) // TETHER_SPICEDB_WRITE_FLUSHERS' default
 	t.Cleanup(syncer.Batcher.Close)
 	cfg := jobs.DefaultClientConfig()
 	cfg.MaxWorkers = 8

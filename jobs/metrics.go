@@ -63,11 +63,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) observeWrite(started time.Time, err error) {
+func (m *Metrics) observeWrite(took time.Duration, err error) {
 	if m == nil {
 		return
 	}
-	m.SpiceDBWriteSeconds.WithLabelValues(status.Code(unwrapStatus(err)).String()).Observe(time.Since(started).Seconds())
+	m.SpiceDBWriteSeconds.WithLabelValues(status.Code(unwrapStatus(err)).String()).Observe(took.Seconds())
 }
 
 func (m *Metrics) observeApplied(kind string, fenceRetries int, changedAt time.Time) {

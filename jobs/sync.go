@@ -160,11 +160,13 @@ type Syncer struct {
 	OnApplied func(kind, keyID, zedToken string, writtenAt time.Time)
 }
 
-func (s *Syncer) write(ctx context.Context, updates []Update) (string, error) {
+// apply writes updates and fences key, group-committed when there is a
+// Batcher.
+func (s *Syncer) apply(ctx context.Context, key keyAt, updates []Update) applyResult {
 	if s.Batcher != nil {
-		return s.Batcher.Write(ctx, updates)
+		return s.Batcher.Apply(ctx, key, updates)
 	}
-	return s.SpiceDB.Write(ctx, updates)
+	return applyAlone(ctx, s.SpiceDB, s.DB, key, updates)
 }
 
 // ConnectionWorker applies a connection key:
@@ -270,25 +272,21 @@ func runFenced(ctx context.Context, s *Syncer, attempt int, kind, keyID string,
 			// jobs may have: they always write.)
 			return nil
 		}
-		generation, updates := p.generation, p.updates
 		if err != nil {
 			return s.failed(ctx, kind, keyID, err)
 		}
-		started := time.Now()
-		token, err := s.write(ctx, updates)
-		s.Metrics.observeWrite(started, err)
-		if err != nil {
-			return s.failed(ctx, kind, keyID, err)
+		res := s.apply(ctx, keyAt{syncKey{kind, keyID}, p.generation}, p.updates)
+		s.Metrics.observeWrite(res.writeTook, res.writeErr)
+		if res.writeErr != nil {
+			return s.failed(ctx, kind, keyID, res.writeErr)
 		}
-		writtenAt := time.Now()
-		done, err := fence(ctx, s.DB, kind, keyID, generation, token)
-		if err != nil {
-			return err
+		if res.fenceErr != nil {
+			return res.fenceErr
 		}
-		if done {
+		if res.fenced {
 			s.Metrics.observeApplied(kind, round, p.changedAt)
 			if s.OnApplied != nil {
-				s.OnApplied(kind, keyID, token, writtenAt)
+				s.OnApplied(kind, keyID, res.token, res.writtenAt)
 			}
 			return nil
 		}
@@ -312,15 +310,16 @@ const maxFenceRounds = 3
 
 var errKeyContended = errors.New("the key kept changing while its job wrote; retrying")
 
-// fence records generation as applied unless the key changed meanwhile. It
-// is one autocommit UPDATE: River completes the job afterwards (batched). If
-// the process dies between the two, the job runs again, which is harmless.
-func fence(ctx context.Context, db *pgxpool.Pool, kind, keyID string, generation int64, token string) (bool, error) {
-	if generation == 0 { // the key has no sync state (never changed through Tether): nothing to fence
+// fence records key's generation as applied unless the key changed
+// meanwhile. It is one autocommit UPDATE: River completes the job afterwards
+// (batched). If the process dies between the two, the job runs again, which
+// is harmless.
+func fence(ctx context.Context, db *pgxpool.Pool, key keyAt, token string) (bool, error) {
+	if key.generation == 0 { // the key has no sync state (never changed through Tether): nothing to fence
 		return true, nil
 	}
 	rows, err := dbsqlc.New().SyncFence(ctx, db, &dbsqlc.SyncFenceParams{
-		Kind: kind, KeyID: keyID, Generation: generation, Zedtoken: &token,
+		Kind: key.kind, KeyID: key.keyID, Generation: key.generation, Zedtoken: &token,
 	})
 	if err != nil {
 		return false, fmt.Errorf("error recording applied generation: %w", err)

@@ -303,3 +303,57 @@ func helperWorker() int {
 	defer stop()
 	select {}
 }
+
+// A fence never waits for a row lock: while a transaction holds the key's
+// sync_state row (an API change in flight), a job's write lands but its
+// fence skips the row, reports the key not applied, and the job retries
+// later instead of blocking a batch of other keys behind that lock. Once the
+// lock is gone, the retry applies the key.
+func TestFenceSkipsLockedKey(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	g := newGate(func(w *v1.WriteRelationshipsRequest) bool {
+		for _, u := range w.GetUpdates() {
+			if u.GetRelationship().GetRelation() == jobs.RelConnected {
+				return true
+			}
+		}
+		return false
+	})
+	tt := testenv.StartTether(t, testenv.TetherOpts{SpiceDB: func(c *jobs.SpiceDBConfig) {
+		c.DialOptions = append(c.DialOptions, g.interceptor())
+	}})
+	tt.Provider(t, "gitlab")
+	pool := tt.Pool(t, "gpu", "gitlab", false)
+	tt.Connect(t, "alice", "gitlab")
+	keyID := jobs.ConnectionKeyID("gitlab", "alice")
+
+	select {
+	case <-g.entered: // the job read the key and is about to write
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connect job never wrote")
+	}
+	tx, err := tt.DB.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx)
+	_, err = tx.Exec(ctx, "SELECT 1 FROM sync_state WHERE kind = 'connection' AND key_id = $1 FOR UPDATE", keyID)
+	require.NoError(t, err)
+	close(g.release)
+	<-g.landed
+
+	// With the lock still held, the job gives up on the key and is retryable;
+	// a fence that waited would leave it running until the lock is released.
+	var state string
+	require.Eventually(t, func() bool {
+		require.NoError(t, tt.DB.QueryRow(ctx,
+			"SELECT state FROM river_job WHERE kind = 'tether.sync_connection' ORDER BY id DESC LIMIT 1").Scan(&state))
+		return state == "retryable" || state == "available" || state == "scheduled"
+	}, 10*time.Second, 5*time.Millisecond, "the job should give up on a locked key instead of waiting")
+	st := tt.SyncState(t, jobs.KeyKindConnection, keyID)
+	require.Less(t, st.AppliedGeneration, st.Generation, "the key must not be recorded as applied through a skipped fence")
+
+	require.NoError(t, tx.Rollback(ctx))
+	tt.WaitSynced(t, 15*time.Second)
+	require.True(t, tt.CanView(t, "alice", pool.ID))
+	tt.RequireInSync(t)
+}

@@ -101,6 +101,9 @@ type applyTimes struct {
 	committed map[string]time.Time
 	applied   map[string]time.Time
 	checked   map[string]time.Time
+	// pickup is River's commit → Work() part (p50, p99 in ms), from the
+	// jobs' created_at and attempted_at.
+	pickup [2]float64
 }
 
 func newApplyTimes() *applyTimes {
@@ -177,6 +180,11 @@ func openLoad(ctx context.Context, e *engine, provider string, poolID int64, pre
 		return nil, err
 	}
 	time.Sleep(200 * time.Millisecond) // let the last checks land
+	if err := e.db.QueryRow(ctx, `SELECT COALESCE(percentile_cont(0.5) WITHIN GROUP (ORDER BY d), 0), COALESCE(percentile_cont(0.99) WITHIN GROUP (ORDER BY d), 0)
+		FROM (SELECT extract(epoch FROM attempted_at - created_at) * 1000 AS d FROM river_job
+		      WHERE kind = 'tether.sync_connection' AND args->>'user_id' LIKE $1 || '%') j`, prefix).Scan(&a.pickup[0], &a.pickup[1]); err != nil {
+		return nil, fmt.Errorf("error reading pickup latencies: %w", err)
+	}
 	return a, nil
 }
 
@@ -256,7 +264,7 @@ func scenarioConsistency(ctx context.Context, b *bench) ([]Metric, error) {
 				m.Target = fmt.Sprintf("≤ %.0f ms", p.target)
 				m.Pass = passIf(v <= p.target)
 			}
-			m.Notes = []string{fmt.Sprintf("%d changes, %d applied", len(a.committed), len(applied))}
+			m.Notes = []string{fmt.Sprintf("%d changes, %d applied; River pickup (InsertTx → Work) p50 %.1f ms, p99 %.1f ms", len(a.committed), len(applied), a.pickup[0], a.pickup[1])}
 			out = append(out, m)
 		}
 		cv := ms(percentile(checked, 0.5))

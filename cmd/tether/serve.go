@@ -47,7 +47,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: cfg.RetryMaxBackoff, Metrics: metrics,
 		Keys: cfg.EncryptionKeys, OAuth: oauth}
 	if cfg.WriteFlushers > 0 && *role != "api" {
-		syncer.Batcher = jobs.NewBatcher(spice, cfg.WriteFlushers)
+		syncer.Batcher = jobs.NewBatcher(spice, pool, cfg.WriteFlushers)
 		defer syncer.Batcher.Close() // on return, after River has stopped below
 	}
 	riverClient, enqueuer, err := jobs.NewClient(pool, syncer, jobs.ClientConfig{

@@ -125,6 +125,70 @@ func (q *Queries) SyncFence(ctx context.Context, db DBTX, arg *SyncFenceParams) 
 	return result.RowsAffected(), nil
 }
 
+const syncFenceMany = `-- name: SyncFenceMany :many
+WITH k AS (
+    SELECT unnest($2::text[]) AS kind, unnest($3::text[]) AS key_id, unnest($4::bigint[]) AS generation
+), locked AS (
+    SELECT s.kind, s.key_id FROM sync_state s
+    JOIN k ON k.kind = s.kind AND k.key_id = s.key_id AND k.generation = s.generation
+    FOR UPDATE OF s SKIP LOCKED
+)
+UPDATE sync_state s SET
+    applied_generation = generation,
+    applied_at = now(),
+    zedtoken = $1,
+    pending_since = NULL,
+    revoke_pending_since = NULL,
+    last_error = NULL,
+    last_error_at = NULL,
+    stalled = false
+FROM locked l
+WHERE s.kind = l.kind AND s.key_id = l.key_id
+RETURNING s.kind, s.key_id
+`
+
+type SyncFenceManyParams struct {
+	Zedtoken    *string
+	Kinds       []string
+	KeyIds      []string
+	Generations []int64
+}
+
+type SyncFenceManyRow struct {
+	Kind  string
+	KeyID string
+}
+
+// SyncFence for the keys of one group-committed write, in one statement and
+// one commit. SKIP LOCKED: a row locked by a transaction that is changing the
+// key (or by another fence) is reported not fenced instead of waited for, so
+// fences never deadlock with each other or with the API; its job reads and
+// writes again, which is always safe.
+func (q *Queries) SyncFenceMany(ctx context.Context, db DBTX, arg *SyncFenceManyParams) ([]*SyncFenceManyRow, error) {
+	rows, err := db.Query(ctx, syncFenceMany,
+		arg.Zedtoken,
+		arg.Kinds,
+		arg.KeyIds,
+		arg.Generations,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []*SyncFenceManyRow
+	for rows.Next() {
+		var i SyncFenceManyRow
+		if err := rows.Scan(&i.Kind, &i.KeyID); err != nil {
+			return nil, err
+		}
+		items = append(items, &i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const syncGenerationsChanged = `-- name: SyncGenerationsChanged :many
 WITH k AS (
     SELECT unnest($1::text[]) AS kind, unnest($2::text[]) AS key_id, unnest($3::bigint[]) AS generation

@@ -53,6 +53,32 @@ UPDATE sync_state SET
     stalled = false
 WHERE kind = @kind AND key_id = @key_id AND generation = @generation;
 
+-- name: SyncFenceMany :many
+-- SyncFence for the keys of one group-committed write, in one statement and
+-- one commit. SKIP LOCKED: a row locked by a transaction that is changing the
+-- key (or by another fence) is reported not fenced instead of waited for, so
+-- fences never deadlock with each other or with the API; its job reads and
+-- writes again, which is always safe.
+WITH k AS (
+    SELECT unnest(@kinds::text[]) AS kind, unnest(@key_ids::text[]) AS key_id, unnest(@generations::bigint[]) AS generation
+), locked AS (
+    SELECT s.kind, s.key_id FROM sync_state s
+    JOIN k ON k.kind = s.kind AND k.key_id = s.key_id AND k.generation = s.generation
+    FOR UPDATE OF s SKIP LOCKED
+)
+UPDATE sync_state s SET
+    applied_generation = generation,
+    applied_at = now(),
+    zedtoken = @zedtoken,
+    pending_since = NULL,
+    revoke_pending_since = NULL,
+    last_error = NULL,
+    last_error_at = NULL,
+    stalled = false
+FROM locked l
+WHERE s.kind = l.kind AND s.key_id = l.key_id
+RETURNING s.kind, s.key_id;
+
 -- name: SyncRecordError :exec
 UPDATE sync_state SET last_error = @last_error, last_error_at = now(), stalled = @stalled
 WHERE kind = @kind AND key_id = @key_id;

@@ -87,7 +87,7 @@ func StartTether(tb testing.TB, opts TetherOpts) *Tether {
 	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: 200 * time.Millisecond, Keys: keys, OAuth: oauth,
 		Metrics: opts.Metrics}
 	if !opts.NoBatching {
-		syncer.Batcher = jobs.NewBatcher(spice, 4)
+		syncer.Batcher = jobs.NewBatcher(spice, pool, 4)
 		tb.Cleanup(syncer.Batcher.Close)
 	}
 	client, enqueuer := startClient(tb, pool, syncer, func(cfg *jobs.ClientConfig) {
