@@ -534,6 +534,9 @@ func scenarioReconcile(ctx context.Context, b *bench) ([]Metric, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := e.analyze(ctx); err != nil { // as after any bulk restore (docs/operations.md)
+		return nil, err
+	}
 	clean, err := reconcile("--dry-run")
 	if err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -115,6 +116,7 @@ func (b *bench) database(ctx context.Context, migrate bool) (string, error) {
 // spiceProcess is a SpiceDB server on its own database.
 type spiceProcess struct {
 	bin, endpoint, token string
+	dbURL                string // its datastore
 	args                 []string
 	cmd                  *exec.Cmd
 	logPath              string
@@ -139,7 +141,7 @@ func (b *bench) spicedb(ctx context.Context) (*spiceProcess, error) {
 	}
 	endpoint := l.Addr().String()
 	l.Close()
-	p := &spiceProcess{bin: bin, endpoint: endpoint, token: devstack.RandomSecret(),
+	p := &spiceProcess{bin: bin, endpoint: endpoint, token: devstack.RandomSecret(), dbURL: uri,
 		logPath: filepath.Join(b.dir, fmt.Sprintf("spicedb-%d.log", b.dbCounter))}
 	p.args = []string{"serve", "--skip-release-check", "--telemetry-endpoint=", "--grpc-preshared-key", p.token,
 		"--datastore-engine", "postgres", "--datastore-conn-uri", uri, "--grpc-addr", endpoint,
@@ -222,6 +224,26 @@ func (b *bench) engine(ctx context.Context, o engineOpts) (*engine, error) {
 		return nil, err
 	}
 	cfg.MaxConns = 60
+	// Knobs to measure two settings against pgx's defaults (the note on
+	// issue 6 has the figures): BENCH_MAX_CONNS (pgxpool's default is 4
+	// on two cores) and BENCH_PGX_EXEC_MODE=exec|simple_protocol (the
+	// default caches prepared statements).
+	if v := os.Getenv("BENCH_MAX_CONNS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return nil, fmt.Errorf("BENCH_MAX_CONNS: %w", err)
+		}
+		cfg.MaxConns = int32(n)
+	}
+	switch os.Getenv("BENCH_PGX_EXEC_MODE") {
+	case "":
+	case "exec":
+		cfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
+	case "simple_protocol":
+		cfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	default:
+		return nil, errors.New("BENCH_PGX_EXEC_MODE: want exec or simple_protocol")
+	}
 	if e.db, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
 		return nil, err
 	}
@@ -325,7 +347,7 @@ func (e *engine) waitSynced(ctx context.Context, timeout time.Duration) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("not synced after %s (keys pending: %t, jobs left: %t)", timeout, pending, left)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(25 * time.Millisecond)
 	}
 }
 
