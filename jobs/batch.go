@@ -19,7 +19,7 @@ import (
 // one UPDATE, and hands each job its result. SpiceDB takes about 1,800
 // single writes a second on a small machine but over ten times as many
 // updates in large batches; one fence per batch instead of one per job
-// halves the sync's Postgres commits.
+// saves a Postgres commit per job.
 //
 // A relationship and a key appear at most once per call (SpiceDB refuses a
 // request that names a relationship twice): a request that would repeat one
