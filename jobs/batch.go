@@ -209,7 +209,11 @@ func (b *Batcher) write(batch []*batchRequest) {
 	// short, and a landed write should be recorded).
 	fenceCtx, cancelFence := context.WithTimeout(context.Background(), min(timeout, fenceTimeout))
 	defer cancelFence()
-	fenced, err := fenceMany(fenceCtx, b.db, live, token)
+	keys := make([]keyAt, len(live))
+	for i, r := range live {
+		keys[i] = r.key
+	}
+	fenced, err := fenceKeys(fenceCtx, b.db, keys, token)
 	for _, r := range live {
 		res := res
 		res.fenceErr = err
@@ -221,16 +225,15 @@ func (b *Batcher) write(batch []*batchRequest) {
 // fenceTimeout bounds a batch's fence (one short UPDATE).
 const fenceTimeout = 10 * time.Second
 
-// fenceMany fences the keys of one batch in one statement and returns those
-// fenced (generation-less).
-func fenceMany(ctx context.Context, db *pgxpool.Pool, batch []*batchRequest, token string) (map[syncKey]bool, error) {
+// fenceKeys fences keys in one statement and returns those fenced. Keys
+// without sync state (generation 0) have nothing to fence.
+func fenceKeys(ctx context.Context, db *pgxpool.Pool, keys []keyAt, token string) (map[syncKey]bool, error) {
 	var kinds, keyIDs []string
 	var generations []int64
-	for _, r := range batch {
-		if r.key.generation == 0 { // no sync state: nothing to fence
-			continue
+	for _, k := range keys {
+		if k.generation != 0 {
+			kinds, keyIDs, generations = append(kinds, k.kind), append(keyIDs, k.keyID), append(generations, k.generation)
 		}
-		kinds, keyIDs, generations = append(kinds, r.key.kind), append(keyIDs, r.key.keyID), append(generations, r.key.generation)
 	}
 	if len(kinds) == 0 {
 		return nil, nil

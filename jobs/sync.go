@@ -311,20 +311,15 @@ const maxFenceRounds = 3
 var errKeyContended = errors.New("the key kept changing while its job wrote; retrying")
 
 // fence records key's generation as applied unless the key changed
-// meanwhile. It is one autocommit UPDATE: River completes the job afterwards
-// (batched). If the process dies between the two, the job runs again, which
-// is harmless.
+// meanwhile, or a transaction holds its row: see SyncFenceMany. It is one
+// autocommit UPDATE: River completes the job afterwards (batched). If the
+// process dies between the two, the job runs again, which is harmless.
 func fence(ctx context.Context, db *pgxpool.Pool, key keyAt, token string) (bool, error) {
 	if key.generation == 0 { // the key has no sync state (never changed through Tether): nothing to fence
 		return true, nil
 	}
-	rows, err := dbsqlc.New().SyncFence(ctx, db, &dbsqlc.SyncFenceParams{
-		Kind: key.kind, KeyID: key.keyID, Generation: key.generation, Zedtoken: &token,
-	})
-	if err != nil {
-		return false, fmt.Errorf("error recording applied generation: %w", err)
-	}
-	return rows == 1, nil
+	fenced, err := fenceKeys(ctx, db, []keyAt{key}, token)
+	return fenced[key.syncKey], err
 }
 
 // failed records a failed attempt on the key (for the API's sync status) and

@@ -27,17 +27,7 @@ import (
 func TestStaleWriteNeverLandsLast(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	g := newGate(func(w *v1.WriteRelationshipsRequest) bool {
-		for _, u := range w.GetUpdates() {
-			if u.GetOperation() == v1.RelationshipUpdate_OPERATION_TOUCH && u.GetRelationship().GetRelation() == jobs.RelConnected {
-				return true
-			}
-		}
-		return false
-	})
-	tt := testenv.StartTether(t, testenv.TetherOpts{SpiceDB: func(c *jobs.SpiceDBConfig) {
-		c.DialOptions = append(c.DialOptions, g.interceptor())
-	}})
+	tt, g := startGated(t)
 	tt.Provider(t, "gitlab")
 	pool := tt.Pool(t, "gpu", "gitlab", false)
 	conn := tt.Connect(t, "alice", "gitlab")
@@ -312,17 +302,7 @@ func helperWorker() int {
 func TestFenceSkipsLockedKey(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	g := newGate(func(w *v1.WriteRelationshipsRequest) bool {
-		for _, u := range w.GetUpdates() {
-			if u.GetRelationship().GetRelation() == jobs.RelConnected {
-				return true
-			}
-		}
-		return false
-	})
-	tt := testenv.StartTether(t, testenv.TetherOpts{SpiceDB: func(c *jobs.SpiceDBConfig) {
-		c.DialOptions = append(c.DialOptions, g.interceptor())
-	}})
+	tt, g := startGated(t)
 	tt.Provider(t, "gitlab")
 	pool := tt.Pool(t, "gpu", "gitlab", false)
 	tt.Connect(t, "alice", "gitlab")
@@ -356,4 +336,21 @@ func TestFenceSkipsLockedKey(t *testing.T) {
 	tt.WaitSynced(t, 15*time.Second)
 	require.True(t, tt.CanView(t, "alice", pool.ID))
 	tt.RequireInSync(t)
+}
+
+// startGated starts Tether with a gate on the first write that grants a
+// connection.
+func startGated(t *testing.T) (*testenv.Tether, *gate) {
+	g := newGate(func(w *v1.WriteRelationshipsRequest) bool {
+		for _, u := range w.GetUpdates() {
+			if u.GetOperation() == v1.RelationshipUpdate_OPERATION_TOUCH && u.GetRelationship().GetRelation() == jobs.RelConnected {
+				return true
+			}
+		}
+		return false
+	})
+	tt := testenv.StartTether(t, testenv.TetherOpts{SpiceDB: func(c *jobs.SpiceDBConfig) {
+		c.DialOptions = append(c.DialOptions, g.interceptor())
+	}})
+	return tt, g
 }

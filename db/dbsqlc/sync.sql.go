@@ -90,41 +90,6 @@ func (q *Queries) SyncConnectionDesired(ctx context.Context, db DBTX, arg *SyncC
 	return &i, err
 }
 
-const syncFence = `-- name: SyncFence :execrows
-UPDATE sync_state SET
-    applied_generation = generation,
-    applied_at = now(),
-    zedtoken = $1,
-    pending_since = NULL,
-    revoke_pending_since = NULL,
-    last_error = NULL,
-    last_error_at = NULL,
-    stalled = false
-WHERE kind = $2 AND key_id = $3 AND generation = $4
-`
-
-type SyncFenceParams struct {
-	Zedtoken   *string
-	Kind       string
-	KeyID      string
-	Generation int64
-}
-
-// Records that generation @generation is applied, but only if no change to the
-// key committed since the worker read it. Zero rows: read again and rewrite.
-func (q *Queries) SyncFence(ctx context.Context, db DBTX, arg *SyncFenceParams) (int64, error) {
-	result, err := db.Exec(ctx, syncFence,
-		arg.Zedtoken,
-		arg.Kind,
-		arg.KeyID,
-		arg.Generation,
-	)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
-}
-
 const syncFenceMany = `-- name: SyncFenceMany :many
 WITH k AS (
     SELECT unnest($2::text[]) AS kind, unnest($3::text[]) AS key_id, unnest($4::bigint[]) AS generation
@@ -159,9 +124,11 @@ type SyncFenceManyRow struct {
 	KeyID string
 }
 
-// SyncFence for the keys of one group-committed write, in one statement and
-// one commit. SKIP LOCKED: a row locked by a transaction that is changing the
-// key (or by another fence) is reported not fenced instead of waited for, so
+// Records that each key's generation is applied, but only if no change to the
+// key committed since its worker read it (zero rows for a key: read again and
+// rewrite). The keys of one group-committed write go in one statement and one
+// commit. SKIP LOCKED: a row locked by a transaction that is changing the key
+// (or by another fence) is reported not fenced instead of waited for, so
 // fences never deadlock with each other or with the API; its job reads and
 // writes again, which is always safe.
 func (q *Queries) SyncFenceMany(ctx context.Context, db DBTX, arg *SyncFenceManyParams) ([]*SyncFenceManyRow, error) {

@@ -39,24 +39,12 @@ SELECT
 FROM (SELECT 1) AS one
 LEFT JOIN resource_pools p ON p.id = @resource_pool_id;
 
--- name: SyncFence :execrows
--- Records that generation @generation is applied, but only if no change to the
--- key committed since the worker read it. Zero rows: read again and rewrite.
-UPDATE sync_state SET
-    applied_generation = generation,
-    applied_at = now(),
-    zedtoken = @zedtoken,
-    pending_since = NULL,
-    revoke_pending_since = NULL,
-    last_error = NULL,
-    last_error_at = NULL,
-    stalled = false
-WHERE kind = @kind AND key_id = @key_id AND generation = @generation;
-
 -- name: SyncFenceMany :many
--- SyncFence for the keys of one group-committed write, in one statement and
--- one commit. SKIP LOCKED: a row locked by a transaction that is changing the
--- key (or by another fence) is reported not fenced instead of waited for, so
+-- Records that each key's generation is applied, but only if no change to the
+-- key committed since its worker read it (zero rows for a key: read again and
+-- rewrite). The keys of one group-committed write go in one statement and one
+-- commit. SKIP LOCKED: a row locked by a transaction that is changing the key
+-- (or by another fence) is reported not fenced instead of waited for, so
 -- fences never deadlock with each other or with the API; its job reads and
 -- writes again, which is always safe.
 WITH k AS (
