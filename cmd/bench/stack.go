@@ -331,10 +331,10 @@ func (e *engine) onApplied(kind, keyID string, f func(token string, writtenAt ti
 func (e *engine) waitSynced(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		// Index-only probes (the pending keys' partial index, River's
-		// fetch index): a count over sync_state and river_job every few
-		// milliseconds costs a core once the tables are large, and slows
-		// the drain it waits for.
+		// Probes that stop at the first row (the pending keys' partial
+		// index, River's fetch index): a count over sync_state and
+		// river_job every few milliseconds costs a core once the tables
+		// are large, and slows the drain it waits for.
 		var pending, left bool
 		err := e.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM sync_state WHERE pending_since IS NOT NULL),
 			EXISTS (SELECT 1 FROM river_job WHERE state IN ('available','running','retryable','scheduled','pending') AND kind LIKE 'tether.sync_%')`).Scan(&pending, &left)
