@@ -112,8 +112,6 @@ func hashToken(s string) []byte {
 // base64url without padding: 43 characters of that alphabet.
 var tokenPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
 
-var browserBindingPattern = tokenPattern
-
 // ParseState checks the shape of a state from a callback and returns the hash
 // it is stored under. Anything Tether cannot have issued is refused before
 // the database is asked.
@@ -168,7 +166,7 @@ func (s *Service) Authorize(ctx context.Context, user *User, providerID, nextURL
 	if err != nil {
 		return nil, err
 	}
-	if !browserBindingPattern.MatchString(browserBinding) {
+	if !tokenPattern.MatchString(browserBinding) {
 		browserBinding = randomToken()
 	}
 	state := randomToken()
@@ -231,7 +229,6 @@ var providerErrorPattern = regexp.MustCompile(`^[a-z_]{1,64}$`)
 // Callback completes a flow. The state is consumed first, so it can never be
 // used twice, even when the rest fails.
 func (s *Service) Callback(ctx context.Context, user *User, browserBinding, state, code, providerError string) (*CallbackResult, error) {
-	invalid := errInvalidState
 	stateHash, err := ParseState(state)
 	if err != nil {
 		return nil, err
@@ -241,7 +238,7 @@ func (s *Service) Callback(ctx context.Context, user *User, browserBinding, stat
 		var err error
 		st, err = dbsqlc.New().StateConsume(ctx, tx, stateHash)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return invalid
+			return errInvalidState
 		}
 		return err
 	})
@@ -251,7 +248,7 @@ func (s *Service) Callback(ctx context.Context, user *User, browserBinding, stat
 	if time.Now().After(st.ExpiresAt) ||
 		subtle.ConstantTimeCompare([]byte(st.UserID), []byte(user.ID)) != 1 ||
 		subtle.ConstantTimeCompare(st.BrowserHash, hashToken(browserBinding)) != 1 {
-		return nil, invalid
+		return nil, errInvalidState
 	}
 	fail := func(errCode string, appErr *Error) (*CallbackResult, error) {
 		if st.NextUrl != "" {

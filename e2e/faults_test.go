@@ -869,13 +869,7 @@ func TestSlowNetworkToSpiceDB(t *testing.T) {
 	const jobTimeout = time.Second
 	var proxy *faultproxy.Proxy
 	tt := testenv.StartTether(t, testenv.TetherOpts{
-		SpiceDB: func(c *jobs.SpiceDBConfig) {
-			var err error
-			proxy, err = faultproxy.New(c.Endpoint)
-			require.NoError(t, err)
-			t.Cleanup(func() { _ = proxy.Close() })
-			c.Endpoint = proxy.Addr()
-		},
+		SpiceDB: throughProxy(t, &proxy),
 		Client: func(c *jobs.ClientConfig) {
 			c.MaxWorkers = 16
 			c.JobTimeout = jobTimeout
@@ -1038,14 +1032,8 @@ func TestWorkersStoppedMidWrite(t *testing.T) {
 	ctx := context.Background()
 	var proxy *faultproxy.Proxy
 	tt := testenv.StartTether(t, testenv.TetherOpts{
-		SpiceDB: func(c *jobs.SpiceDBConfig) {
-			var err error
-			proxy, err = faultproxy.New(c.Endpoint)
-			require.NoError(t, err)
-			t.Cleanup(func() { _ = proxy.Close() })
-			c.Endpoint = proxy.Addr()
-		},
-		Client: func(c *jobs.ClientConfig) { c.JobTimeout = 10 * time.Second; c.RescueStuckJobsAfter = 20 * time.Second },
+		SpiceDB: throughProxy(t, &proxy),
+		Client:  func(c *jobs.ClientConfig) { c.JobTimeout = 10 * time.Second; c.RescueStuckJobsAfter = 20 * time.Second },
 	})
 	pools := setupPools(t, tt)
 	tt.WaitSynced(t, 15*time.Second)
@@ -1091,4 +1079,16 @@ func orNil(s *string) string {
 		return "<nil>"
 	}
 	return *s
+}
+
+// throughProxy routes the engine's SpiceDB connections through a fault
+// proxy, stored in *proxy, closed when the test ends.
+func throughProxy(t *testing.T, proxy **faultproxy.Proxy) func(*jobs.SpiceDBConfig) {
+	return func(c *jobs.SpiceDBConfig) {
+		p, err := faultproxy.New(c.Endpoint)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = p.Close() })
+		c.Endpoint = p.Addr()
+		*proxy = p
+	}
 }
