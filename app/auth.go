@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/lestrrat-go/httprc/v3"
@@ -15,6 +14,9 @@ import (
 	"github.com/lestrrat-go/jwx/v3/jwk"
 	"github.com/lestrrat-go/jwx/v3/jws"
 	"github.com/lestrrat-go/jwx/v3/jwt"
+
+	"github.com/tetherhq/tether/internal/config"
+	"github.com/tetherhq/tether/internal/oauthclient"
 )
 
 // User is the authenticated caller.
@@ -36,21 +38,21 @@ type Authenticator struct {
 // NewAuthenticator sets up verification. With an issuer it fetches the
 // issuer's discovery document once and keeps its JWKS fresh in the
 // background until ctx ends.
-func NewAuthenticator(ctx context.Context, cfg *Config) (*Authenticator, error) {
+func NewAuthenticator(ctx context.Context, cfg *config.Config) (*Authenticator, error) {
 	a := &Authenticator{hmacSecret: cfg.AuthHMACSecret, issuer: cfg.AuthIssuer, audience: cfg.AuthAudience, adminRole: cfg.AuthAdminRole}
 	if cfg.AuthIssuer == "" {
 		return a, nil
 	}
 	jwksURL, err := discoverJWKS(ctx, cfg.AuthIssuer)
 	if err != nil {
-		return nil, &ConfigError{Variable: "TETHER_AUTH_ISSUER", Problem: err.Error()}
+		return nil, &config.Error{Variable: "TETHER_AUTH_ISSUER", Problem: err.Error()}
 	}
 	cache, err := jwk.NewCache(ctx, httprc.NewClient())
 	if err != nil {
 		return nil, fmt.Errorf("error creating JWKS cache: %w", err)
 	}
 	if err := cache.Register(ctx, jwksURL); err != nil {
-		return nil, &ConfigError{Variable: "TETHER_AUTH_ISSUER", Problem: fmt.Sprintf("error fetching JWKS %s: %v", jwksURL, err)}
+		return nil, &config.Error{Variable: "TETHER_AUTH_ISSUER", Problem: fmt.Sprintf("error fetching JWKS %s: %v", jwksURL, err)}
 	}
 	set, err := cache.CachedSet(jwksURL)
 	if err != nil {
@@ -63,27 +65,12 @@ func NewAuthenticator(ctx context.Context, cfg *Config) (*Authenticator, error) 
 func discoverJWKS(ctx context.Context, issuer string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(issuer, "/")+"/.well-known/openid-configuration", nil)
+	doc, err := oauthclient.Discover(ctx, http.DefaultClient, issuer)
 	if err != nil {
 		return "", err
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("error fetching OIDC discovery: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("OIDC discovery answered %s", resp.Status)
-	}
-	var doc struct {
-		Issuer  string `json:"issuer"`
-		JWKSURI string `json:"jwks_uri"`
-	}
-	if err := json.NewDecoder(http.MaxBytesReader(nil, resp.Body, 1<<20)).Decode(&doc); err != nil {
-		return "", fmt.Errorf("error decoding OIDC discovery: %w", err)
-	}
-	if strings.TrimSuffix(doc.Issuer, "/") != strings.TrimSuffix(issuer, "/") || doc.JWKSURI == "" {
-		return "", errors.New("OIDC discovery names another issuer or no jwks_uri")
+	if doc.JWKSURI == "" {
+		return "", errors.New("OIDC discovery names no jwks_uri")
 	}
 	return doc.JWKSURI, nil
 }

@@ -7,7 +7,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/tetherhq/tether/db/dbsqlc"
-	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/internal/keyring"
 )
 
 // RotationReport counts what key rotation re-encrypted.
@@ -17,99 +17,108 @@ type RotationReport struct {
 	Undecryptable int `json:"undecryptable"`
 }
 
+// rotationPage is how many secrets one read of a table returns.
+const rotationPage = 500
+
 // RotateKeys re-encrypts every secret at rest that is not under the key
 // ring's primary key. Each value is updated only if it did not change
 // meanwhile (compare-and-set), so it is safe while Tether serves. Values no
 // key decrypts are counted and left alone.
 func (s *Service) RotateKeys(ctx context.Context) (*RotationReport, error) {
 	r := &RotationReport{}
-	q := dbsqlc.New()
-	// reencrypt returns the new ciphertext, or nil when nothing is to do.
-	reencrypt := func(enc, aad []byte) []byte {
-		r.Checked++
-		plain, stale, err := s.Keys.Decrypt(enc, aad)
-		if err != nil {
-			r.Undecryptable++
-			return nil
-		}
-		if !stale {
-			return nil
-		}
-		out, err := s.Keys.Encrypt(plain, aad)
-		if err != nil {
-			return nil
-		}
-		r.ReEncrypted++
-		return out
+	err := rotate(ctx, s, r, "client secrets", "",
+		func(after string) ([]*dbsqlc.KeysProviderSecretsRow, error) {
+			return queries.KeysProviderSecrets(ctx, s.DB, &dbsqlc.KeysProviderSecretsParams{AfterID: after, MaxRows: rotationPage})
+		},
+		func(row *dbsqlc.KeysProviderSecretsRow) (string, []byte, []byte) {
+			return row.ID, row.ClientSecretEnc, keyring.ClientSecretAAD(row.ID)
+		},
+		func(row *dbsqlc.KeysProviderSecretsRow, enc []byte) error {
+			return queries.KeysProviderSecretSet(ctx, s.DB, &dbsqlc.KeysProviderSecretSetParams{ClientSecretEnc: enc, ID: row.ID, OldEnc: row.ClientSecretEnc})
+		})
+	if err == nil {
+		err = rotate(ctx, s, r, "tokens", uuid.Nil,
+			func(after uuid.UUID) ([]*dbsqlc.KeysConnectionTokensRow, error) {
+				return queries.KeysConnectionTokens(ctx, s.DB, &dbsqlc.KeysConnectionTokensParams{AfterID: after, MaxRows: rotationPage})
+			},
+			func(row *dbsqlc.KeysConnectionTokensRow) (uuid.UUID, []byte, []byte) {
+				return row.ID, row.TokenEnc, keyring.TokenAAD(row.ID.String())
+			},
+			func(row *dbsqlc.KeysConnectionTokensRow, enc []byte) error {
+				return queries.KeysConnectionTokenSet(ctx, s.DB, &dbsqlc.KeysConnectionTokenSetParams{TokenEnc: enc, ID: row.ID, OldEnc: row.TokenEnc})
+			})
 	}
-	const page = 500
-	for after := ""; ; {
-		rows, err := q.KeysProviderSecrets(ctx, s.DB, &dbsqlc.KeysProviderSecretsParams{AfterID: after, MaxRows: page})
-		if err != nil {
-			return nil, fmt.Errorf("error reading client secrets: %w", err)
-		}
-		for _, row := range rows {
-			if enc := reencrypt(row.ClientSecretEnc, secretAAD(row.ID)); enc != nil {
-				if err := q.KeysProviderSecretSet(ctx, s.DB, &dbsqlc.KeysProviderSecretSetParams{ClientSecretEnc: enc, ID: row.ID, OldEnc: row.ClientSecretEnc}); err != nil {
-					return nil, fmt.Errorf("error re-encrypting a client secret: %w", err)
-				}
-			}
-			after = row.ID
-		}
-		if len(rows) < page {
-			break
-		}
+	if err == nil {
+		err = rotate(ctx, s, r, "code verifiers", []byte{},
+			func(after []byte) ([]*dbsqlc.KeysStateVerifiersRow, error) {
+				return queries.KeysStateVerifiers(ctx, s.DB, &dbsqlc.KeysStateVerifiersParams{AfterHash: after, MaxRows: rotationPage})
+			},
+			func(row *dbsqlc.KeysStateVerifiersRow) ([]byte, []byte, []byte) {
+				return row.StateHash, row.CodeVerifierEnc, keyring.StateAAD(row.StateHash)
+			},
+			func(row *dbsqlc.KeysStateVerifiersRow, enc []byte) error {
+				return queries.KeysStateVerifierSet(ctx, s.DB, &dbsqlc.KeysStateVerifierSetParams{CodeVerifierEnc: enc, StateHash: row.StateHash, OldEnc: row.CodeVerifierEnc})
+			})
 	}
-	for after := uuid.Nil; ; {
-		rows, err := q.KeysConnectionTokens(ctx, s.DB, &dbsqlc.KeysConnectionTokensParams{AfterID: after, MaxRows: page})
-		if err != nil {
-			return nil, fmt.Errorf("error reading tokens: %w", err)
-		}
-		for _, row := range rows {
-			if enc := reencrypt(row.TokenEnc, tokenAAD(row.ID)); enc != nil {
-				if err := q.KeysConnectionTokenSet(ctx, s.DB, &dbsqlc.KeysConnectionTokenSetParams{TokenEnc: enc, ID: row.ID, OldEnc: row.TokenEnc}); err != nil {
-					return nil, fmt.Errorf("error re-encrypting a token: %w", err)
-				}
-			}
-			after = row.ID
-		}
-		if len(rows) < page {
-			break
-		}
+	if err == nil {
+		err = rotate(ctx, s, r, "tokens awaiting revocation", uuid.Nil,
+			func(after uuid.UUID) ([]*dbsqlc.KeysRevocationTokensRow, error) {
+				return queries.KeysRevocationTokens(ctx, s.DB, &dbsqlc.KeysRevocationTokensParams{AfterID: after, MaxRows: rotationPage})
+			},
+			func(row *dbsqlc.KeysRevocationTokensRow) (uuid.UUID, []byte, []byte) {
+				return row.ID, row.TokenEnc, keyring.RevocationAAD(row.ID.String())
+			},
+			func(row *dbsqlc.KeysRevocationTokensRow, enc []byte) error {
+				return queries.KeysRevocationTokenSet(ctx, s.DB, &dbsqlc.KeysRevocationTokenSetParams{TokenEnc: enc, ID: row.ID, OldEnc: row.TokenEnc})
+			})
 	}
-	for after := []byte{}; ; {
-		rows, err := q.KeysStateVerifiers(ctx, s.DB, &dbsqlc.KeysStateVerifiersParams{AfterHash: after, MaxRows: page})
-		if err != nil {
-			return nil, fmt.Errorf("error reading code verifiers: %w", err)
-		}
-		for _, row := range rows {
-			if enc := reencrypt(row.CodeVerifierEnc, row.StateHash); enc != nil {
-				if err := q.KeysStateVerifierSet(ctx, s.DB, &dbsqlc.KeysStateVerifierSetParams{CodeVerifierEnc: enc, StateHash: row.StateHash, OldEnc: row.CodeVerifierEnc}); err != nil {
-					return nil, fmt.Errorf("error re-encrypting a code verifier: %w", err)
-				}
-			}
-			after = row.StateHash
-		}
-		if len(rows) < page {
-			break
-		}
-	}
-	for after := uuid.Nil; ; {
-		rows, err := q.KeysRevocationTokens(ctx, s.DB, &dbsqlc.KeysRevocationTokensParams{AfterID: after, MaxRows: page})
-		if err != nil {
-			return nil, fmt.Errorf("error reading tokens awaiting revocation: %w", err)
-		}
-		for _, row := range rows {
-			if enc := reencrypt(row.TokenEnc, jobs.RevocationAAD(row.ID)); enc != nil {
-				if err := q.KeysRevocationTokenSet(ctx, s.DB, &dbsqlc.KeysRevocationTokenSetParams{TokenEnc: enc, ID: row.ID, OldEnc: row.TokenEnc}); err != nil {
-					return nil, fmt.Errorf("error re-encrypting a token awaiting revocation: %w", err)
-				}
-			}
-			after = row.ID
-		}
-		if len(rows) < page {
-			break
-		}
+	if err != nil {
+		return nil, err
 	}
 	return r, nil
+}
+
+// rotate is the one rotation loop: it pages through a table by its key
+// (cursor), re-encrypts each value not under the primary key and writes it
+// back compare-and-set.
+func rotate[Row any, Cursor any](ctx context.Context, s *Service, r *RotationReport, what string, after Cursor,
+	page func(after Cursor) ([]Row, error), secret func(Row) (cursor Cursor, enc, aad []byte), set func(Row, []byte) error,
+) error {
+	for {
+		rows, err := page(after)
+		if err != nil {
+			return fmt.Errorf("error reading %s: %w", what, err)
+		}
+		for _, row := range rows {
+			cursor, enc, aad := secret(row)
+			if fresh := s.reencrypt(r, enc, aad); fresh != nil {
+				if err := set(row, fresh); err != nil {
+					return fmt.Errorf("error re-encrypting %s: %w", what, err)
+				}
+			}
+			after = cursor
+		}
+		if len(rows) < rotationPage {
+			return ctx.Err()
+		}
+	}
+}
+
+// reencrypt returns enc under the primary key, or nil when nothing is to do.
+func (s *Service) reencrypt(r *RotationReport, enc, aad []byte) []byte {
+	r.Checked++
+	plain, stale, err := s.Keys.Decrypt(enc, aad)
+	if err != nil {
+		r.Undecryptable++
+		return nil
+	}
+	if !stale {
+		return nil
+	}
+	out, err := s.Keys.Encrypt(plain, aad)
+	if err != nil {
+		return nil
+	}
+	r.ReEncrypted++
+	return out
 }

@@ -3,7 +3,7 @@ package app_test
 import (
 	"testing"
 
-	"github.com/tetherhq/tether/internal/testenv"
+	"github.com/tetherhq/tether/internal/devtools/testenv"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/tetherhq/tether/db/dbsqlc"
+	"github.com/tetherhq/tether/internal/keyring"
 	"github.com/tetherhq/tether/internal/oauthclient"
 )
 
@@ -126,16 +127,16 @@ var errInvalidState = Errorf(EINVALID, "The authorization state is invalid, expi
 
 // oauthProvider loads a provider, decrypts its client secret and resolves
 // its endpoints.
-func (s *Service) oauthProvider(ctx context.Context, q dbsqlc.DBTX, id string) (*oauthclient.Provider, oauthclient.Endpoints, error) {
-	row, err := dbsqlc.New().ProviderGetByID(ctx, q, id)
+func (s *Service) oauthProvider(ctx context.Context, db dbsqlc.DBTX, id string) (*oauthclient.Provider, oauthclient.Endpoints, error) {
+	row, err := queries.ProviderGetByID(ctx, db, id)
 	if err != nil {
 		return nil, oauthclient.Endpoints{}, notFound(err, "provider")
 	}
-	p := &oauthclient.Provider{ID: row.ID, Kind: row.Kind, ClientID: row.ClientID, Scope: row.Scope, URL: row.Url,
+	p := &oauthclient.Provider{ID: row.ID, Kind: oauthclient.Kind(row.Kind), ClientID: row.ClientID, Scope: row.Scope, URL: row.Url,
 		AuthorizationURL: row.AuthorizationUrl, TokenURL: row.TokenUrl, RevocationURL: row.RevocationUrl,
 		IssuerURL: row.IssuerUrl, UsePKCE: row.UsePkce}
 	if len(row.ClientSecretEnc) > 0 {
-		secret, _, err := s.Keys.Decrypt(row.ClientSecretEnc, secretAAD(row.ID))
+		secret, _, err := s.Keys.Decrypt(row.ClientSecretEnc, keyring.ClientSecretAAD(row.ID))
 		if err != nil {
 			return nil, oauthclient.Endpoints{}, fmt.Errorf("error decrypting client secret of provider %s: %w", row.ID, err)
 		}
@@ -176,16 +177,15 @@ func (s *Service) Authorize(ctx context.Context, user *User, providerID, nextURL
 	if provider.UsePKCE {
 		verifier := oauth2.GenerateVerifier()
 		opts = append(opts, oauth2.S256ChallengeOption(verifier))
-		if verifierEnc, err = s.Keys.Encrypt([]byte(verifier), hashToken(state)); err != nil {
+		if verifierEnc, err = s.Keys.Encrypt([]byte(verifier), keyring.StateAAD(hashToken(state))); err != nil {
 			return nil, err
 		}
 	}
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
-		q := dbsqlc.New()
-		if _, err := q.StateDeleteExpired(ctx, tx); err != nil {
+		if _, err := queries.StateDeleteExpired(ctx, tx); err != nil {
 			return fmt.Errorf("error pruning expired states: %w", err)
 		}
-		if err := q.StateInsert(ctx, tx, &dbsqlc.StateInsertParams{
+		if err := queries.StateInsert(ctx, tx, &dbsqlc.StateInsertParams{
 			StateHash: hashToken(state), UserID: user.ID, ProviderID: providerID, BrowserHash: hashToken(browserBinding),
 			CodeVerifierEnc: verifierEnc, NextUrl: next, ExpiresAt: time.Now().Add(StateTTL),
 		}); err != nil {
@@ -196,7 +196,7 @@ func (s *Service) Authorize(ctx context.Context, user *User, providerID, nextURL
 		}
 		// A new connection starts pending; an existing one keeps its status
 		// (and its access) until this authorization completes.
-		if _, err := q.ConnectionInsertPending(ctx, tx, &dbsqlc.ConnectionInsertPendingParams{UserID: user.ID, ProviderID: providerID}); err != nil {
+		if _, err := queries.ConnectionInsertPending(ctx, tx, &dbsqlc.ConnectionInsertPendingParams{UserID: user.ID, ProviderID: providerID}); err != nil {
 			return fmt.Errorf("error recording pending connection: %w", err)
 		}
 		return nil
@@ -218,10 +218,6 @@ type storedToken struct {
 	RefreshToken string    `json:"refresh_token,omitempty"`
 	TokenType    string    `json:"token_type,omitempty"`
 	Expiry       time.Time `json:"expiry,omitzero"`
-}
-
-func tokenAAD(connectionID uuid.UUID) []byte {
-	return []byte("oauth2_connection/" + connectionID.String() + "/token")
 }
 
 var providerErrorPattern = regexp.MustCompile(`^[a-z_]{1,64}$`)
@@ -274,7 +270,7 @@ func (s *Service) Callback(ctx context.Context, user *User, browserBinding, stat
 	cfg := oauthclient.Config(provider, endpoints, s.redirectURL())
 	var opts []oauth2.AuthCodeOption
 	if len(st.CodeVerifierEnc) > 0 {
-		verifier, _, err := s.Keys.Decrypt(st.CodeVerifierEnc, st.StateHash)
+		verifier, _, err := s.Keys.Decrypt(st.CodeVerifierEnc, keyring.StateAAD(st.StateHash))
 		if err != nil {
 			return nil, fmt.Errorf("error decrypting code verifier: %w", err)
 		}
@@ -285,8 +281,7 @@ func (s *Service) Callback(ctx context.Context, user *User, browserBinding, stat
 		return fail("exchange_failed", &Error{Code: EINVALID, Message: "The provider did not accept the authorization code."})
 	}
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
-		q := dbsqlc.New()
-		row, err := q.ConnectionUpsertStatus(ctx, tx, &dbsqlc.ConnectionUpsertStatusParams{UserID: user.ID, ProviderID: st.ProviderID, Status: "connected"})
+		row, err := queries.ConnectionUpsertStatus(ctx, tx, &dbsqlc.ConnectionUpsertStatusParams{UserID: user.ID, ProviderID: st.ProviderID, Status: string(StatusConnected)})
 		if err != nil {
 			if isForeignKeyViolation(err) {
 				return Errorf(ENOTFOUND, "The provider was deleted meanwhile.")
@@ -309,7 +304,7 @@ func (s *Service) storeToken(ctx context.Context, tx pgx.Tx, connectionID uuid.U
 	if err != nil {
 		return fmt.Errorf("error encoding token: %w", err)
 	}
-	enc, err := s.Keys.Encrypt(plain, tokenAAD(connectionID))
+	enc, err := s.Keys.Encrypt(plain, keyring.TokenAAD(connectionID.String()))
 	if err != nil {
 		return err
 	}
@@ -324,7 +319,7 @@ func (s *Service) storeToken(ctx context.Context, tx pgx.Tx, connectionID uuid.U
 }
 
 func (s *Service) loadToken(connectionID uuid.UUID, enc []byte) (*storedToken, bool, error) {
-	plain, stale, err := s.Keys.Decrypt(enc, tokenAAD(connectionID))
+	plain, stale, err := s.Keys.Decrypt(enc, keyring.TokenAAD(connectionID.String()))
 	if err != nil {
 		return nil, false, fmt.Errorf("error decrypting token: %w", err)
 	}
@@ -353,12 +348,11 @@ func (s *Service) ConnectionToken(ctx context.Context, user *User, id uuid.UUID)
 	var out *AccessToken
 	var refused bool
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		q := dbsqlc.New()
-		row, err := q.ConnectionGetForUpdate(ctx, tx, &dbsqlc.ConnectionGetForUpdateParams{ID: id, UserID: user.ID})
+		row, err := queries.ConnectionGetForUpdate(ctx, tx, &dbsqlc.ConnectionGetForUpdateParams{ID: id, UserID: user.ID})
 		if err != nil {
 			return notFound(err, "connection")
 		}
-		if row.Status != "connected" || len(row.TokenEnc) == 0 {
+		if ConnectionStatus(row.Status) != StatusConnected || len(row.TokenEnc) == 0 {
 			return Errorf(ECONFLICT, "The connection is %s; connect again to get a token.", row.Status)
 		}
 		tok, stale, err := s.loadToken(row.ID, row.TokenEnc)
@@ -388,7 +382,7 @@ func (s *Service) ConnectionToken(ctx context.Context, user *User, id uuid.UUID)
 		switch {
 		case err != nil && oauthclient.IsInvalidGrant(err):
 			refused = true
-			if _, err := q.ConnectionUpsertStatus(ctx, tx, &dbsqlc.ConnectionUpsertStatusParams{UserID: user.ID, ProviderID: row.ProviderID, Status: "error"}); err != nil {
+			if _, err := queries.ConnectionUpsertStatus(ctx, tx, &dbsqlc.ConnectionUpsertStatusParams{UserID: user.ID, ProviderID: row.ProviderID, Status: string(StatusError)}); err != nil {
 				return fmt.Errorf("error marking connection broken: %w", err)
 			}
 			return s.Enqueuer.Connection(ctx, tx, row.ProviderID, user.ID, true)

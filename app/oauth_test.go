@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
-	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
@@ -18,16 +17,15 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/oauth2"
 
 	"github.com/tetherhq/tether/app"
+	"github.com/tetherhq/tether/internal/config"
+	"github.com/tetherhq/tether/internal/devtools/oauthtest"
+	"github.com/tetherhq/tether/internal/devtools/testenv"
 	"github.com/tetherhq/tether/internal/keyring"
-	"github.com/tetherhq/tether/internal/oauthtest"
-	"github.com/tetherhq/tether/internal/testenv"
 	"github.com/tetherhq/tether/jobs"
-	"riverqueue.com/riverui"
 )
 
 // oauthBundle is a Tether server, a real OAuth2 server (the zitadel example
@@ -54,34 +52,12 @@ func setupServer(t *testing.T, opts testenv.TetherOpts) *oauthBundle {
 	t.Helper()
 	logs := &testenv.Buffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	registry := prometheus.NewRegistry()
 	opts.Logger = logger
-	opts.Metrics = jobs.NewMetrics(registry)
+	opts.Config = func(c *config.Config) { c.AllowedOrigins = []string{"https://app.example"} }
 	tt := testenv.StartTether(t, opts)
-	jobs.RegisterStateGauges(registry, tt.DB, tt.SpiceDB)
-	auth, err := app.NewAuthenticator(context.Background(), &app.Config{AuthHMACSecret: []byte(testSecret), AuthAdminRole: "tether-admin"})
-	require.NoError(t, err)
-	uiCtx, stopUI := context.WithCancel(context.Background())
-	t.Cleanup(stopUI)
-	riverUI, err := riverui.NewHandler(&riverui.HandlerOpts{
-		Endpoints: riverui.NewEndpoints(tt.River, nil), Logger: logger, Prefix: "/riverui",
-	})
-	require.NoError(t, err)
-	require.NoError(t, riverUI.Start(uiCtx))
-	server := app.NewServer(app.ServerDeps{
-		Service: tt.Service, Auth: auth, Logger: logger, SpiceDB: tt.SpiceDB, Cookie: "tether_token",
-		Registry: registry, API: true, RiverUI: riverUI,
-		UI: app.UIConfig{DevLogin: true, HMACSecret: []byte(testSecret), AdminRole: "tether-admin"},
-	})
-	ts := httptest.NewServer(server.Echo)
-	t.Cleanup(ts.Close)
-	public, err := url.Parse(ts.URL)
-	require.NoError(t, err)
-	tt.Service.OAuth.PublicURL = public
-	tt.Service.OAuth.AllowedOrigins = []string{"https://app.example"}
 
 	op, err := oauthtest.Start(context.Background(), oauthtest.Options{
-		RedirectURIs: []string{ts.URL + app.CallbackPath}, ClientID: "tether", ClientSecret: clientSecret,
+		RedirectURIs: []string{tt.URL + app.CallbackPath}, ClientID: "tether", ClientSecret: clientSecret,
 	})
 	require.NoError(t, err)
 	t.Cleanup(op.Close)
@@ -92,7 +68,7 @@ func setupServer(t *testing.T, opts testenv.TetherOpts) *oauthBundle {
 	})
 	require.NoError(t, err)
 	pool := tt.Pool(t, "gpu", "dev", false)
-	return &oauthBundle{tt: tt, op: op, url: ts.URL, pool: pool, logs: logs, secret: clientSecret}
+	return &oauthBundle{tt: tt, op: op, url: tt.URL, pool: pool, logs: logs, secret: clientSecret}
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -228,7 +204,7 @@ func TestOAuthConnectFlow(t *testing.T) {
 	require.Equal(t, 1, b.op.TokenRequests(oauthtest.GrantAuthorizationCode))
 
 	conn := b.connection(t, "alice")
-	require.Equal(t, "connected", conn.Status)
+	require.Equal(t, app.StatusConnected, conn.Status)
 	pools, err := b.tt.Service.PoolList(context.Background(), &app.User{ID: "alice"})
 	require.NoError(t, err)
 	require.Len(t, pools, 1, "read-your-writes: the pool shows at once")
@@ -326,7 +302,7 @@ func TestOAuthStateChecks(t *testing.T) {
 		resp, _ = get(t, alice, replay)
 		require.Equal(t, http.StatusFound, resp.StatusCode)
 		require.Equal(t, "/ui/?error=exchange_failed", resp.Header.Get("Location"))
-		require.Equal(t, "connected", b.connection(t, "alice-code").Status, "a failed re-authorization keeps the existing access")
+		require.Equal(t, app.StatusConnected, b.connection(t, "alice-code").Status, "a failed re-authorization keeps the existing access")
 	})
 
 	t.Run("AccessDenied", func(t *testing.T) {
@@ -337,7 +313,7 @@ func TestOAuthStateChecks(t *testing.T) {
 		require.Equal(t, http.StatusFound, resp.StatusCode)
 		require.Equal(t, "/ui/?tab=services&error=access_denied", resp.Header.Get("Location"))
 		conn := b.connection(t, "alice-denied")
-		require.Equal(t, "pending", conn.Status)
+		require.Equal(t, app.StatusPending, conn.Status)
 		var tokenStored bool
 		require.NoError(t, b.tt.DB.QueryRow(ctx, "SELECT token_enc IS NOT NULL FROM oauth2_connections WHERE id = $1", conn.ID).Scan(&tokenStored))
 		require.False(t, tokenStored, "nothing stored")
@@ -425,7 +401,7 @@ func TestOAuthTokens(t *testing.T) {
 		resp, body := get(t, alice, b.url+"/api/data/oauth2/connections/"+conn.ID.String()+"/token")
 		require.Equal(t, http.StatusConflict, resp.StatusCode, body)
 		requireErrorBody(t, []byte(body), app.ECONFLICT)
-		require.Equal(t, "error", b.connection(t, "alice-revoked").Status)
+		require.Equal(t, app.StatusError, b.connection(t, "alice-revoked").Status)
 		b.tt.WaitSynced(t, 15*time.Second)
 		require.False(t, b.tt.CanView(t, "alice-revoked", b.pool.ID), "a broken connection loses its access")
 	})

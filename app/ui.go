@@ -23,7 +23,7 @@ const contentSecurityPolicy = "default-src 'none'; style-src 'self'; img-src 'se
 
 // UIConfig switches on the user page's development sign-in.
 type UIConfig struct {
-	// DevLogin lets anyone sign in as anyone: development only. LoadConfig
+	// DevLogin lets anyone sign in as anyone: development only. config.Load
 	// refuses it with an https public URL.
 	DevLogin   bool
 	HMACSecret []byte
@@ -100,7 +100,7 @@ func (s *Server) uiPage(c echo.Context) error {
 	}
 	connected := map[string]bool{}
 	for _, conn := range conns {
-		connected[conn.ProviderID] = conn.Status == "connected"
+		connected[conn.ProviderID] = conn.Status == StatusConnected
 	}
 	views := make([]providerView, len(providers))
 	for i, p := range providers {

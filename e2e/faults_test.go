@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -25,22 +24,20 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tetherhq/tether/app"
-	"github.com/tetherhq/tether/internal/devstack"
-	"github.com/tetherhq/tether/internal/faultproxy"
-	"github.com/tetherhq/tether/internal/keyring"
-	"github.com/tetherhq/tether/internal/oauthclient"
-	"github.com/tetherhq/tether/internal/testenv"
+	"github.com/tetherhq/tether/internal/config"
+	"github.com/tetherhq/tether/internal/devtools/devstack"
+	"github.com/tetherhq/tether/internal/devtools/faultproxy"
+	"github.com/tetherhq/tether/internal/devtools/testenv"
 	"github.com/tetherhq/tether/jobs"
 	"github.com/tetherhq/tether/migrations"
 )
 
 const (
-	testSecret = "e2e-secret-e2e-secret-e2e-secret-0123"
-	adminRole  = "tether-admin"
+	testSecret = testenv.HMACSecret
+	adminRole  = testenv.AdminRole
 	providerID = "gitlab"
 	// maxAnswer bounds every answer, during faults too: slower is a hang.
 	maxAnswer = 3 * time.Second
@@ -330,6 +327,15 @@ func (w *workload) start() {
 	}
 }
 
+// waitAcked waits until n more changes are acknowledged from now: traffic
+// flows (a signal, instead of sleeping while traffic runs).
+func (w *workload) waitAcked(t *testing.T, n int64, why string) {
+	t.Helper()
+	from := w.stats.acked.Load()
+	require.Eventually(t, func() bool { return w.stats.acked.Load() >= from+n }, 20*time.Second, 5*time.Millisecond,
+		"%s: fewer than %d changes acknowledged in 20 s (%s)", why, n, &w.stats)
+}
+
 // halt stops the actors once each has its current change settled.
 func (w *workload) halt() {
 	w.stopOnce.Do(func() { close(w.stop) })
@@ -595,69 +601,20 @@ func (c *captureWriter) causes() []string {
 	return out
 }
 
-// startEngine builds what `tether serve` builds, on the given database and a
-// fresh SpiceDB store: pool, River client with workers, service, reconciler.
-func startEngine(t *testing.T, databaseURL string, tune func(*jobs.ClientConfig)) *testenv.Tether {
+// startServe starts an engine as `tether serve` wires it (HTTP API, workers,
+// batching) on the given database and a fresh SpiceDB store. It returns the
+// engine and the server's error log, less the 503s: the causes of other 5xx.
+func startServe(t *testing.T, databaseURL string, tune func(*jobs.ClientConfig)) (*testenv.Tether, *captureWriter) {
 	t.Helper()
-	poolCfg, err := pgxpool.ParseConfig(databaseURL)
-	require.NoError(t, err)
-	poolCfg.MaxConns = 20 // as tether serve
-	pool, err := pgxpool.NewWithConfig(context.Background(), poolCfg)
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
-	spiceCfg := testenv.SpiceDBConfig(t)
-	spice := testenv.SpiceDB(t, spiceCfg)
-	keys, err := keyring.Parse(testenv.TestKeyRing)
-	require.NoError(t, err)
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	oauth := oauthclient.New(5 * time.Second)
-	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: 500 * time.Millisecond, Keys: keys, OAuth: oauth}
-	syncer.Batcher = jobs.NewBatcher(spice, pool, 4) // TETHER_SPICEDB_WRITE_FLUSHERS' default
-	t.Cleanup(syncer.Batcher.Close)
-	cfg := jobs.DefaultClientConfig()
-	cfg.MaxWorkers = 8
-	cfg.ReconcileInterval = 0
-	cfg.Logger = logger
-	if tune != nil {
-		tune(&cfg)
-	}
-	client, enqueuer, err := jobs.NewClient(pool, syncer, cfg)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	require.NoError(t, client.Start(ctx))
-	t.Cleanup(func() {
-		stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer stopCancel()
-		_ = client.StopAndCancel(stopCtx)
-		cancel()
-	})
-	return &testenv.Tether{
-		DB: pool, SpiceDB: spice, SpiceConfig: spiceCfg, River: client, Enqueuer: enqueuer, Syncer: syncer,
-		Service: &app.Service{DB: pool, Enqueuer: enqueuer, Keys: keys, OAuth: &app.OAuthConfig{
-			Client: oauth, PublicURL: &url.URL{Scheme: "http", Host: "127.0.0.1"},
-		}},
-		Keys:       keys,
-		Reconciler: jobs.NewReconciler(syncer, enqueuer),
-	}
-}
-
-// startHTTP serves the engine's API; it returns the base URL and the
-// server's error log.
-func startHTTP(t *testing.T, tt *testenv.Tether) (string, *captureWriter) {
-	t.Helper()
-	// The server's error log, less the 503s: the causes of other 5xx.
 	errorsLog := &captureWriter{keep: func(line []byte) bool {
 		return bytes.Contains(line, []byte(`msg="request failed"`)) && !bytes.Contains(line, []byte(`error="`+app.EUNAVAILABLE+":"))
 	}}
-	auth, err := app.NewAuthenticator(context.Background(), &app.Config{AuthHMACSecret: []byte(testSecret), AuthAdminRole: adminRole})
-	require.NoError(t, err)
-	server := app.NewServer(app.ServerDeps{
-		Service: tt.Service, Auth: auth, Logger: slog.New(slog.NewTextHandler(errorsLog, &slog.HandlerOptions{Level: slog.LevelError})),
-		SpiceDB: tt.SpiceDB, Cookie: "tether_token", Registry: prometheus.NewRegistry(), API: true,
+	tt := testenv.StartTether(t, testenv.TetherOpts{
+		DatabaseURL: databaseURL, Client: tune,
+		Config: func(c *config.Config) { c.RetryMaxBackoff = 500 * time.Millisecond },
+		Logger: slog.New(slog.NewTextHandler(errorsLog, &slog.HandlerOptions{Level: slog.LevelError})),
 	})
-	ts := httptest.NewServer(server.Echo)
-	t.Cleanup(ts.Close)
-	return ts.URL, errorsLog
+	return tt, errorsLog
 }
 
 func adminToken(t *testing.T) string {
@@ -715,11 +672,11 @@ func TestPostgresRestartUnderTraffic(t *testing.T) {
 	_ = m.Close()
 	migratePool.Close()
 
-	tt := startEngine(t, stack.DatabaseURL, func(c *jobs.ClientConfig) {
+	tt, serverErrors := startServe(t, stack.DatabaseURL, func(c *jobs.ClientConfig) {
 		c.JobTimeout = 5 * time.Second
 		c.RescueStuckJobsAfter = 10 * time.Second
 	})
-	base, serverErrors := startHTTP(t, tt)
+	base := tt.URL
 	hops := &httpOps{serviceOps: serviceOps{svc: tt.Service}, url: base, client: &http.Client{Timeout: 5 * time.Second}, admin: adminToken(t)}
 	// The admin sets up through the API.
 	status, body, err := hops.send(ctx, http.MethodPost, "/api/data/oauth2/providers", hops.admin, map[string]any{
@@ -746,8 +703,7 @@ func TestPostgresRestartUnderTraffic(t *testing.T) {
 
 	w := newWorkload(t, hops, pools, 8, 5, "pg")
 	w.start()
-	time.Sleep(time.Second)
-	require.Positive(t, w.stats.acked.Load(), "traffic flows before the fault")
+	w.waitAcked(t, 20, "traffic flows before the fault")
 
 	for _, fault := range []struct {
 		name string
@@ -757,7 +713,8 @@ func TestPostgresRestartUnderTraffic(t *testing.T) {
 		down := time.Now()
 		require.NoError(t, stack.StopPostgres(fault.mode))
 		stopped := time.Since(down)
-		time.Sleep(2 * time.Second)
+		require.Eventually(t, func() bool { return w.stats.unavailable.Load() >= before503+5 }, 20*time.Second, 5*time.Millisecond,
+			"the outage must be seen as 503s (%s)", &w.stats)
 		require.NoError(t, stack.StartPostgresAgain(ctx))
 		up := time.Now()
 		require.Eventually(t, func() bool { return w.stats.lastAck.Load() > up.UnixNano() }, 20*time.Second, 5*time.Millisecond,
@@ -767,7 +724,7 @@ func TestPostgresRestartUnderTraffic(t *testing.T) {
 			fault.name, stopped.Round(time.Millisecond), up.Sub(down).Round(time.Millisecond), w.stats.requests.Load()-beforeReq,
 			w.stats.unavailable.Load()-before503, recovered.Round(time.Millisecond))
 		require.Greater(t, w.stats.unavailable.Load(), before503, "the outage must be seen as 503s")
-		time.Sleep(1500 * time.Millisecond) // traffic on the recovered database
+		w.waitAcked(t, 30, "traffic on the recovered database")
 	}
 	w.halt()
 	t.Logf("traffic: %s", &w.stats)
@@ -817,10 +774,10 @@ func TestSpiceDBMemoryRestartUnderTraffic(t *testing.T) {
 
 	w := newWorkload(t, serviceOps{svc: tt.Service}, pools, 6, 6, "mem")
 	w.start()
-	time.Sleep(time.Second)
+	w.waitAcked(t, 20, "traffic flows before the fault")
 	acked := w.stats.acked.Load()
 	proc.Stop()
-	time.Sleep(time.Second)
+	w.waitAcked(t, 20, "changes are accepted while SpiceDB is down")
 	proc.Start() // empty: no schema, no relationships
 	restarted := time.Now()
 	// Changes keep being accepted; their jobs meet a store without schema
@@ -828,7 +785,7 @@ func TestSpiceDBMemoryRestartUnderTraffic(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return count(t, tt.DB, "SELECT count(*) FROM sync_state WHERE stalled AND applied_generation < generation") > 0
 	}, 15*time.Second, 20*time.Millisecond, "jobs writing into the wiped store must stall")
-	time.Sleep(time.Second)
+	w.waitAcked(t, 20, "changes are accepted after the restart")
 	w.halt()
 	t.Logf("traffic: %s (%d during and after the restart)", &w.stats, w.stats.acked.Load()-acked)
 	w.stats.checkNoViolations(t)
@@ -848,7 +805,7 @@ func TestSpiceDBMemoryRestartUnderTraffic(t *testing.T) {
 	// New changes flow normally again.
 	w2 := newWorkload(t, serviceOps{svc: tt.Service}, pools[:1], 2, 2, "late")
 	w2.start()
-	time.Sleep(500 * time.Millisecond)
+	w2.waitAcked(t, 10, "new changes flow after the reconcile")
 	w2.halt()
 	w2.stats.checkNoViolations(t)
 
@@ -918,9 +875,11 @@ func TestSlowNetworkToSpiceDB(t *testing.T) {
 	// reset.
 	proxy.SetLatency(0)
 	healed := time.Now()
-	time.Sleep(2 * time.Second)
+	require.Eventually(t, func() bool {
+		return count(t, tt.DB, "SELECT count(*) FROM sync_state WHERE applied_at > $1", healed) > 0
+	}, 20*time.Second, 10*time.Millisecond, "changes apply once the link heals")
 	resets := proxy.ResetAll()
-	time.Sleep(500 * time.Millisecond)
+	w.waitAcked(t, 10, "traffic goes on after the resets")
 	w.halt()
 	t.Logf("traffic: %s; %d connections reset", &w.stats, resets)
 	w.stats.checkNoViolations(t)
@@ -941,7 +900,8 @@ func TestSlowNetworkToSpiceDB(t *testing.T) {
 func TestWorkerKilledMidBatch(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	const users, passWrites = 200, 60
+	// The helper group-commits as serve does: a few writes carry many jobs.
+	const users, passWrites = 200, 2
 	tt := testenv.StartTether(t, testenv.TetherOpts{NoWorkers: true})
 	pools := setupPools(t, tt)
 	for i := range users {
@@ -1005,7 +965,10 @@ func TestWorkerKilledMidBatch(t *testing.T) {
 	}
 	// The killed jobs must be older than the rescue horizon when the new
 	// leader's rescuer first looks.
-	time.Sleep(time.Until(killed.Add(2500 * time.Millisecond)))
+	require.Eventually(t, func() bool {
+		return count(t, tt.DB, `SELECT count(*) FROM river_job WHERE kind LIKE 'tether.sync_%'
+			AND state = 'running' AND attempted_at > now() - interval '2500 milliseconds'`) == 0
+	}, 10*time.Second, 20*time.Millisecond, "the killed jobs age past the rescue horizon")
 
 	testenv.AttachWorkers(t, tt, func(cfg *jobs.ClientConfig) {
 		cfg.MaxWorkers = 20
@@ -1041,13 +1004,15 @@ func TestWorkersStoppedMidWrite(t *testing.T) {
 	// One job of each kind hangs: the connection job in its write, the pool
 	// job in its read of the pool's relationships (a stream).
 	proxy.Stall()
+	heldBefore := proxy.Held()
 	tt.Connect(t, "alice", providerID)
 	_, err := tt.Service.PoolViewerAdd(ctx, pools[2].ID, []app.PoolViewer{{ID: "bob"}})
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		return count(t, tt.DB, "SELECT count(*) FROM river_job WHERE kind LIKE 'tether.sync_%' AND state = 'running'") == 2
 	}, 10*time.Second, 5*time.Millisecond)
-	time.Sleep(200 * time.Millisecond) // into the SpiceDB calls
+	require.Eventually(t, func() bool { return proxy.Held() > heldBefore }, 10*time.Second, 5*time.Millisecond,
+		"the jobs' SpiceDB calls reach the stalled proxy")
 	stopCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	require.NoError(t, tt.River.StopAndCancel(stopCtx))
 	cancel()

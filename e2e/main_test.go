@@ -3,18 +3,15 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"strconv"
 	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc"
 
-	"github.com/tetherhq/tether/internal/testenv"
+	"github.com/tetherhq/tether/internal/config"
+	"github.com/tetherhq/tether/internal/devtools/testenv"
 	"github.com/tetherhq/tether/jobs"
 )
 
@@ -50,35 +47,11 @@ func helperWorker() int {
 		}
 		return invoker(ctx, method, req, reply, cc, opts...)
 	})
-	poolCfg, err := pgxpool.ParseConfig(os.Getenv("HELPER_DATABASE_URL"))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "helper worker:", err)
-		return 1
-	}
-	poolCfg.MaxConns = 20 // as tether serve
-	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "helper worker:", err)
-		return 1
-	}
-	spice, err := jobs.NewSpiceDB(jobs.SpiceDBConfig{
+	_, err := testenv.RunWorker(ctx, os.Getenv("HELPER_DATABASE_URL"), jobs.SpiceDBConfig{
 		Endpoint: os.Getenv("HELPER_SPICEDB_ENDPOINT"), Token: os.Getenv("HELPER_SPICEDB_TOKEN"), Insecure: true,
 		DialOptions: []grpc.DialOption{block},
-	})
+	}, func(c *config.Config) { c.MaxWorkers = maxWorkers })
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "helper worker:", err)
-		return 1
-	}
-	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), MaxBackoff: time.Second}
-	cfg := jobs.DefaultClientConfig()
-	cfg.MaxWorkers = maxWorkers
-	cfg.ReconcileInterval = 0
-	client, _, err := jobs.NewClient(pool, syncer, cfg)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "helper worker:", err)
-		return 1
-	}
-	if err := client.Start(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "helper worker:", err)
 		return 1
 	}

@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/tetherhq/tether/internal/testenv"
+	"github.com/tetherhq/tether/internal/devtools/testenv"
 )
 
 func TestMain(m *testing.M) {

@@ -28,11 +28,6 @@ func (RevokeTokenArgs) InsertOpts() river.InsertOpts {
 	return river.InsertOpts{MaxAttempts: 300, Priority: PriorityGrant}
 }
 
-// RevocationAAD binds an encrypted token awaiting revocation to its row.
-func RevocationAAD(id uuid.UUID) []byte {
-	return []byte("oauth2_token_revocation/" + id.String())
-}
-
 // Revocation inserts the job for a queued token revocation.
 func (e *Enqueuer) Revocation(ctx context.Context, tx pgx.Tx, id uuid.UUID) error {
 	if _, err := e.River.InsertTx(ctx, tx, RevokeTokenArgs{RevocationID: id}, nil); err != nil {
@@ -67,11 +62,11 @@ func (w *RevokeWorker) Work(ctx context.Context, job *river.Job[RevokeTokenArgs]
 		}
 		return nil
 	}
-	token, _, err := w.Keys.Decrypt(row.TokenEnc, RevocationAAD(row.ID))
+	token, _, err := w.Keys.Decrypt(row.TokenEnc, keyring.RevocationAAD(row.ID.String()))
 	if err != nil {
 		return river.JobCancel(fmt.Errorf("error decrypting token to revoke: %w", err))
 	}
-	provider := &oauthclient.Provider{ID: row.ProviderID, Kind: row.Kind, ClientID: row.ClientID, URL: row.Url,
+	provider := &oauthclient.Provider{ID: row.ProviderID, Kind: oauthclient.Kind(row.Kind), ClientID: row.ClientID, URL: row.Url,
 		AuthorizationURL: row.AuthorizationUrl, TokenURL: row.TokenUrl, RevocationURL: row.RevocationUrl, IssuerURL: row.IssuerUrl}
 	if len(row.ClientSecretEnc) > 0 {
 		secret, _, err := w.Keys.Decrypt(row.ClientSecretEnc, keyring.ClientSecretAAD(row.ProviderID))

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -158,6 +160,42 @@ type Syncer struct {
 	// fenced, with the ZedToken of the write and when SpiceDB acknowledged
 	// it (benchmarks use it).
 	OnApplied func(kind, keyID, zedToken string, writtenAt time.Time)
+}
+
+// SyncerDeps are what a Syncer is built from; every field but OnApplied
+// is required.
+type SyncerDeps struct {
+	DB         *pgxpool.Pool
+	SpiceDB    *SpiceDB
+	Logger     *slog.Logger
+	MaxBackoff time.Duration
+	Metrics    *Metrics
+	Keys       *keyring.Ring
+	OAuth      *oauthclient.Client
+	// Batcher, if set, group-commits the workers' writes.
+	Batcher *Batcher
+	// OnApplied is an observer (benchmarks time the pipeline with it).
+	OnApplied func(kind, keyID, zedToken string, writtenAt time.Time)
+}
+
+// NewSyncer refuses missing parts rather than leaving a worker to fail on a
+// nil field at its first job.
+func NewSyncer(d SyncerDeps) (*Syncer, error) {
+	var missing []string
+	for name, absent := range map[string]bool{
+		"DB": d.DB == nil, "SpiceDB": d.SpiceDB == nil, "Logger": d.Logger == nil, "Metrics": d.Metrics == nil,
+		"Keys": d.Keys == nil, "OAuth": d.OAuth == nil, "MaxBackoff": d.MaxBackoff <= 0,
+	} {
+		if absent {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		return nil, fmt.Errorf("jobs.NewSyncer: missing %s", strings.Join(missing, ", "))
+	}
+	return &Syncer{DB: d.DB, SpiceDB: d.SpiceDB, Logger: d.Logger, MaxBackoff: d.MaxBackoff, Metrics: d.Metrics,
+		Keys: d.Keys, OAuth: d.OAuth, Batcher: d.Batcher, OnApplied: d.OnApplied}, nil
 }
 
 // apply writes updates and fences key, group-committed when there is a

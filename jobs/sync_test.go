@@ -16,7 +16,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/tetherhq/tether/app"
-	"github.com/tetherhq/tether/internal/testenv"
+	"github.com/tetherhq/tether/internal/config"
+	"github.com/tetherhq/tether/internal/devtools/testenv"
 	"github.com/tetherhq/tether/jobs"
 )
 
@@ -46,7 +47,7 @@ func TestStaleWriteNeverLandsLast(t *testing.T) {
 	require.False(t, tt.CanView(t, "alice", pool.ID))
 
 	close(g.release) // J1's stale TOUCH lands now, after J2's DELETE
-	<-g.landed
+	testenv.Await(t, g.landed, 15*time.Second, "the held write lands")
 	tt.WaitSynced(t, 15*time.Second)
 	require.False(t, tt.CanView(t, "alice", pool.ID), "a stale write landed last")
 	tt.RequireInSync(t)
@@ -66,8 +67,8 @@ func TestSpiceDBOutage(t *testing.T) {
 	tt := testenv.StartTether(t, testenv.TetherOpts{
 		SpiceDB: func(c *jobs.SpiceDBConfig) { *c = proc.Config() },
 		Client:  func(c *jobs.ClientConfig) { c.MaxWorkers = 50 },
+		Config:  func(c *config.Config) { c.RetryMaxBackoff = 10 * time.Second }, // the production default
 	})
-	tt.Syncer.MaxBackoff = 10 * time.Second // the production default
 	tt.Provider(t, "gitlab")
 	tt.Provider(t, "github")
 	pools := []*app.Pool{tt.Pool(t, "a", "gitlab", false), tt.Pool(t, "b", "github", false)}
@@ -205,7 +206,7 @@ func TestRevocationsGoFirst(t *testing.T) {
 	}
 	c, err := queued.Service.ConnectionSetStatus(ctx, "revoked", "gitlab", "error")
 	require.NoError(t, err)
-	require.Equal(t, "error", c.Status)
+	require.Equal(t, app.StatusError, c.Status)
 
 	var revokeAge float64
 	require.NoError(t, queued.DB.QueryRow(ctx,
@@ -285,7 +286,7 @@ func helperWorker() int {
 	stop, err := testenv.RunWorker(ctx, os.Getenv("HELPER_DATABASE_URL"), jobs.SpiceDBConfig{
 		Endpoint: os.Getenv("HELPER_SPICEDB_ENDPOINT"), Token: os.Getenv("HELPER_SPICEDB_TOKEN"), Insecure: true,
 		DialOptions: []grpc.DialOption{block},
-	})
+	}, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "helper worker:", err)
 		return 1
@@ -319,7 +320,7 @@ func TestFenceSkipsLockedKey(t *testing.T) {
 	_, err = tx.Exec(ctx, "SELECT 1 FROM sync_state WHERE kind = 'connection' AND key_id = $1 FOR UPDATE", keyID)
 	require.NoError(t, err)
 	close(g.release)
-	<-g.landed
+	testenv.Await(t, g.landed, 15*time.Second, "the held write lands")
 
 	// With the lock still held, the job gives up on the key and is retryable;
 	// a fence that waited would leave it running until the lock is released.

@@ -395,7 +395,7 @@ func scenarioSustained(ctx context.Context, b *bench) ([]Metric, error) {
 		return nil, err
 	}
 	total := time.Since(start)
-	report, err := jobs.NewReconciler(e.syncer, e.svc.Enqueuer).Run(ctx, jobs.ReconcileOpts{DryRun: true})
+	report, err := e.reconciler.Run(ctx, jobs.ReconcileOpts{DryRun: true})
 	if err != nil {
 		return nil, err
 	}

@@ -2,13 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,13 +16,13 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
 
 	"github.com/tetherhq/tether/app"
-	"github.com/tetherhq/tether/internal/devstack"
+	"github.com/tetherhq/tether/internal/config"
+	"github.com/tetherhq/tether/internal/devtools/devstack"
+	tengine "github.com/tetherhq/tether/internal/engine"
 	"github.com/tetherhq/tether/internal/keyring"
-	"github.com/tetherhq/tether/internal/oauthclient"
 	"github.com/tetherhq/tether/jobs"
 	"github.com/tetherhq/tether/migrations"
 )
@@ -193,19 +189,22 @@ type engineOpts struct {
 	maxWorkers    int
 }
 
-// engine is Tether in-process, wired as `tether serve` wires it.
+// engine is Tether in-process, wired as `tether serve` wires it (by the
+// engine package), with the fields the scenarios use at hand.
 type engine struct {
-	b       *bench
-	db      *pgxpool.Pool
-	dbURL   string
-	spice   *jobs.SpiceDB
-	proc    *spiceProcess
-	syncer  *jobs.Syncer
-	river   *river.Client[pgx.Tx]
-	svc     *app.Service
-	url     string
-	applied sync.Map // "kind/keyID" → func(token string)
-	closers []func()
+	b          *bench
+	tether     *tengine.Engine
+	cfg        *config.Config
+	db         *pgxpool.Pool
+	dbURL      string
+	spice      *jobs.SpiceDB
+	proc       *spiceProcess
+	reconciler *jobs.Reconciler
+	river      *river.Client[pgx.Tx]
+	svc        *app.Service
+	url        string
+	applied    sync.Map // "kind/keyID" → func(token string)
+	closers    []func()
 }
 
 func (b *bench) engine(ctx context.Context, o engineOpts) (*engine, error) {
@@ -219,19 +218,100 @@ func (b *bench) engine(ctx context.Context, o engineOpts) (*engine, error) {
 	}
 	e := &engine{b: b, dbURL: dbURL, proc: proc}
 	e.closers = append(e.closers, proc.stop)
-	cfg, err := pgxpool.ParseConfig(dbURL)
+	e.cfg, err = b.config(dbURL, proc, o)
 	if err != nil {
 		return nil, err
 	}
+	role := tengine.RoleCLI
+	switch {
+	case o.workers && o.http:
+		role = tengine.RoleAll
+	case o.workers:
+		role = tengine.RoleWorker
+	case o.http:
+		role = tengine.RoleAPI
+	}
+	if e.tether, err = e.start(ctx, role); err != nil {
+		e.close()
+		return nil, err
+	}
+	t := e.tether
+	e.db, e.spice, e.reconciler, e.river, e.svc = t.DB, t.SpiceDB, t.Reconciler, t.River, t.Service
+	if err := e.spice.WriteSchema(ctx); err != nil {
+		e.close()
+		return nil, err
+	}
+	if o.http {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			e.close()
+			return nil, err
+		}
+		hs := &http.Server{Handler: t.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = hs.Serve(l) }()
+		e.url = "http://" + l.Addr().String()
+		e.closers = append(e.closers, func() { _ = hs.Close() })
+	}
+	return e, nil
+}
+
+// config is a bench engine's configuration: production's defaults, the
+// scenario's stores, no periodic reconcile.
+func (b *bench) config(dbURL string, proc *spiceProcess, o engineOpts) (*config.Config, error) {
+	cfg := config.Defaults()
+	cfg.DatabaseURL = dbURL
+	sc := proc.config()
+	cfg.SpiceDBEndpoint, cfg.SpiceDBToken, cfg.SpiceDBInsecure = sc.Endpoint, sc.Token, sc.Insecure
+	cfg.EncryptionKeys = b.keys
+	cfg.AuthHMACSecret = b.secret
+	cfg.ReconcileInterval = 0
+	cfg.WriteFlushers = flushers()
+	if o.maxWorkers > 0 {
+		cfg.MaxWorkers = o.maxWorkers
+	}
+	if o.riverDefaults {
+		cfg.FetchCooldown, cfg.FetchPollInterval = 100*time.Millisecond, time.Second
+		cfg.WriteFlushers = 0
+	}
+	return &cfg, nil
+}
+
+// start builds and starts a Tether engine for role on the bench engine's
+// stores; it is stopped by close.
+func (e *engine) start(ctx context.Context, role tengine.Role) (*tengine.Engine, error) {
+	t, err := tengine.New(ctx, e.cfg, tengine.Options{
+		Role: role, PoolConfig: poolKnobs, CancelJobsOnStop: true, OAuthTimeout: 5 * time.Second,
+		OnApplied: func(kind, keyID, token string, writtenAt time.Time) {
+			if f, ok := e.applied.Load(kind + "/" + keyID); ok {
+				f.(func(string, time.Time))(token, writtenAt)
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.closers = append(e.closers, func() {
+		stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = t.Stop(stopCtx)
+	})
+	if err := t.Start(ctx); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// poolKnobs size the pool: 60 connections, and knobs to measure two
+// settings against pgx's defaults (the note on issue 6 has the figures):
+// BENCH_MAX_CONNS (pgxpool's default is 4 on two cores) and
+// BENCH_PGX_EXEC_MODE=exec|simple_protocol (the default caches prepared
+// statements). A bad knob is a bench bug: it panics at the first engine.
+func poolKnobs(cfg *pgxpool.Config) {
 	cfg.MaxConns = 60
-	// Knobs to measure two settings against pgx's defaults (the note on
-	// issue 6 has the figures): BENCH_MAX_CONNS (pgxpool's default is 4
-	// on two cores) and BENCH_PGX_EXEC_MODE=exec|simple_protocol (the
-	// default caches prepared statements).
 	if v := os.Getenv("BENCH_MAX_CONNS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
-			return nil, fmt.Errorf("BENCH_MAX_CONNS: %w", err)
+			panic(fmt.Sprintf("BENCH_MAX_CONNS: %v", err))
 		}
 		cfg.MaxConns = int32(n)
 	}
@@ -242,78 +322,8 @@ func (b *bench) engine(ctx context.Context, o engineOpts) (*engine, error) {
 	case "simple_protocol":
 		cfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
 	default:
-		return nil, errors.New("BENCH_PGX_EXEC_MODE: want exec or simple_protocol")
+		panic("BENCH_PGX_EXEC_MODE: want exec or simple_protocol")
 	}
-	if e.db, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
-		return nil, err
-	}
-	e.closers = append(e.closers, e.db.Close)
-	if e.spice, err = jobs.NewSpiceDB(proc.config()); err != nil {
-		return nil, err
-	}
-	e.closers = append(e.closers, func() { e.spice.Close() })
-	if err := e.spice.WriteSchema(ctx); err != nil {
-		return nil, err
-	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	oauth := oauthclient.New(5 * time.Second)
-	e.syncer = &jobs.Syncer{DB: e.db, SpiceDB: e.spice, Logger: logger, MaxBackoff: 10 * time.Second, Keys: b.keys, OAuth: oauth,
-		OnApplied: func(kind, keyID, token string, writtenAt time.Time) {
-			if f, ok := e.applied.Load(kind + "/" + keyID); ok {
-				f.(func(string, time.Time))(token, writtenAt)
-			}
-		}}
-	ccfg := jobs.DefaultClientConfig()
-	ccfg.Work = o.workers
-	ccfg.ReconcileInterval = 0
-	ccfg.Logger = logger
-	if o.maxWorkers > 0 {
-		ccfg.MaxWorkers = o.maxWorkers
-	}
-	if o.riverDefaults {
-		ccfg.FetchCooldown, ccfg.FetchPollInterval = 100*time.Millisecond, time.Second
-	} else if o.workers {
-		e.syncer.Batcher = jobs.NewBatcher(e.spice, e.db, flushers())
-	}
-	client, enq, err := jobs.NewClient(e.db, e.syncer, ccfg)
-	if err != nil {
-		return nil, err
-	}
-	e.river = client
-	e.svc = &app.Service{DB: e.db, Enqueuer: enq, Keys: b.keys, OAuth: &app.OAuthConfig{Client: oauth, PublicURL: &url.URL{Scheme: "http", Host: "127.0.0.1"}}}
-	if o.workers {
-		runCtx, cancel := context.WithCancel(context.Background())
-		if err := client.Start(runCtx); err != nil {
-			cancel()
-			return nil, err
-		}
-		e.closers = append(e.closers, func() {
-			stopCtx, c := context.WithTimeout(context.Background(), 10*time.Second)
-			defer c()
-			_ = client.StopAndCancel(stopCtx)
-			cancel()
-			if e.syncer.Batcher != nil {
-				e.syncer.Batcher.Close()
-			}
-		})
-	}
-	if o.http {
-		auth, err := app.NewAuthenticator(ctx, &app.Config{AuthHMACSecret: b.secret, AuthAdminRole: "tether-admin"})
-		if err != nil {
-			return nil, err
-		}
-		server := app.NewServer(app.ServerDeps{Service: e.svc, Auth: auth, Logger: logger, SpiceDB: e.spice,
-			Cookie: "tether_token", Registry: prometheus.NewRegistry(), API: true})
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		hs := &http.Server{Handler: server.Echo, ReadHeaderTimeout: 10 * time.Second}
-		go func() { _ = hs.Serve(l) }()
-		e.url = "http://" + l.Addr().String()
-		e.closers = append(e.closers, func() { _ = hs.Close() })
-	}
-	return e, nil
 }
 
 func (e *engine) close() {
@@ -363,29 +373,10 @@ func (e *engine) token(sub string, admin bool) string {
 	return t
 }
 
-// startWorkers starts a worker client on an engine built without one.
+// startWorkers starts a worker engine on an engine built without one.
 func (e *engine) startWorkers(ctx context.Context) error {
-	ccfg := jobs.DefaultClientConfig()
-	ccfg.ReconcileInterval = 0
-	ccfg.Logger = e.syncer.Logger
-	e.syncer.Batcher = jobs.NewBatcher(e.spice, e.db, flushers())
-	client, _, err := jobs.NewClient(e.db, e.syncer, ccfg)
-	if err != nil {
-		return err
-	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	if err := client.Start(runCtx); err != nil {
-		cancel()
-		return err
-	}
-	e.closers = append(e.closers, func() {
-		stopCtx, c := context.WithTimeout(context.Background(), 10*time.Second)
-		defer c()
-		_ = client.StopAndCancel(stopCtx)
-		cancel()
-		e.syncer.Batcher.Close()
-	})
-	return nil
+	_, err := e.start(ctx, tengine.RoleWorker)
+	return err
 }
 
 // flushers is the group commit's concurrency (TETHER_SPICEDB_WRITE_FLUSHERS,

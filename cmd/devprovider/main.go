@@ -1,5 +1,5 @@
 // Command devprovider runs a local OAuth2/OIDC provider for `make run` only:
-// the zitadel/oidc example OP (package internal/oauthtest) with one
+// the zitadel/oidc example OP (package internal/devtools/oauthtest) with one
 // confidential client and two test users, all in memory, so that Tether's
 // "connect an account" flow can be tried without a real provider. It is not
 // a provider to deploy: its users, passwords and signing key are throwaway
@@ -23,7 +23,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/tetherhq/tether/internal/oauthtest"
+	"github.com/tetherhq/tether/internal/devtools/oauthtest"
 )
 
 const clientID = "tether-dev"

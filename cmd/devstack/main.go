@@ -22,7 +22,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/tetherhq/tether/internal/devstack"
+	"github.com/tetherhq/tether/internal/devtools/devstack"
 )
 
 func main() {

@@ -28,7 +28,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/tetherhq/tether/app"
-	"github.com/tetherhq/tether/internal/devstack"
+	"github.com/tetherhq/tether/internal/devtools/devstack"
 )
 
 func main() {

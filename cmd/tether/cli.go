@@ -7,14 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/tetherhq/tether/app"
+	"github.com/tetherhq/tether/internal/config"
+	"github.com/tetherhq/tether/internal/engine"
 	"github.com/tetherhq/tether/jobs"
-	"github.com/tetherhq/tether/migrations"
 )
 
 const usage = `usage: tether <command> [flags]
@@ -81,7 +79,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return 0
 	}
 	fmt.Fprintf(stderr, "tether %s: %v\n", args[0], err)
-	var cfgErr *app.ConfigError
+	var cfgErr *config.Error
 	if errors.As(err, &cfgErr) {
 		return 78 // EX_CONFIG
 	}
@@ -107,100 +105,33 @@ func riverLogger(w io.Writer, level string) *slog.Logger {
 	return newLogger(w, "warn")
 }
 
-// deps are what most commands need: the configuration, the pool and SpiceDB.
+// deps are what most commands need: the configuration, the pool and SpiceDB,
+// from an engine built for the CLI.
 type deps struct {
-	cfg   *app.Config
-	pool  *pgxpool.Pool
-	spice *jobs.SpiceDB
+	cfg    *config.Config
+	pool   *pgxpool.Pool
+	spice  *jobs.SpiceDB
+	engine *engine.Engine
 }
 
-func (d *deps) close() {
-	d.spice.Close()
-	d.pool.Close()
-}
+func (d *deps) close() { _ = d.engine.Stop(context.Background()) }
 
-// open loads the configuration and connects. With migrated, it also refuses
-// a database whose migrations are behind.
-func open(ctx context.Context, getenv func(string) string, scope app.ConfigScope, migrated bool) (*deps, error) {
-	cfg, err := app.LoadConfig(getenv, scope)
+// open loads the configuration and builds a CLI engine, checking that
+// Postgres and SpiceDB answer (so that a wrong URL or endpoint fails at start
+// naming its variable). With migrated, it also refuses a database whose
+// migrations are behind.
+func open(ctx context.Context, getenv func(string) string, scope config.Scope, migrated bool, tune ...func(*engine.Options)) (*deps, error) {
+	cfg, err := config.Load(getenv, scope)
 	if err != nil {
 		return nil, err
 	}
-	pool, spice, err := connect(ctx, cfg)
+	opts := engine.Options{Role: engine.RoleCLI, CheckMigrations: migrated, CheckSpiceDB: true}
+	for _, f := range tune {
+		f(&opts)
+	}
+	e, err := engine.New(ctx, cfg, opts)
 	if err != nil {
 		return nil, err
 	}
-	d := &deps{cfg: cfg, pool: pool, spice: spice}
-	if migrated {
-		if err := checkMigrations(ctx, pool); err != nil {
-			d.close()
-			return nil, err
-		}
-	}
-	return d, nil
-}
-
-// connect opens the pool and the SpiceDB client, checking both answer, so
-// that a wrong URL or endpoint fails at start naming its variable.
-func connect(ctx context.Context, cfg *app.Config) (*pgxpool.Pool, *jobs.SpiceDB, error) {
-	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
-	if err != nil {
-		return nil, nil, &app.ConfigError{Variable: "TETHER_DATABASE_URL", Problem: "not a valid Postgres URL"}
-	}
-	if poolCfg.MaxConns < 20 {
-		poolCfg.MaxConns = 20
-	}
-	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
-	if err != nil {
-		return nil, nil, &app.ConfigError{Variable: "TETHER_DATABASE_URL", Problem: "not a valid Postgres URL"}
-	}
-	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := pool.Ping(pingCtx); err != nil {
-		pool.Close()
-		return nil, nil, &app.ConfigError{Variable: "TETHER_DATABASE_URL", Problem: "cannot reach Postgres: " + redactURLError(err, cfg.DatabaseURL)}
-	}
-	spice, err := jobs.NewSpiceDB(jobs.SpiceDBConfig{Endpoint: cfg.SpiceDBEndpoint, Token: cfg.SpiceDBToken, Insecure: cfg.SpiceDBInsecure})
-	if err != nil {
-		pool.Close()
-		return nil, nil, &app.ConfigError{Variable: "TETHER_SPICEDB_ENDPOINT", Problem: err.Error()}
-	}
-	if _, err := spice.CheckSchema(pingCtx); err != nil {
-		pool.Close()
-		spice.Close()
-		return nil, nil, &app.ConfigError{Variable: "TETHER_SPICEDB_ENDPOINT", Problem: "cannot reach SpiceDB at " + cfg.SpiceDBEndpoint + ": " + jobs.ScrubError(err)}
-	}
-	return pool, spice, nil
-}
-
-// redactURLError keeps a password in the URL out of messages.
-func redactURLError(err error, rawURL string) string {
-	msg := err.Error()
-	if i := strings.Index(rawURL, "://"); i >= 0 {
-		if at := strings.LastIndex(rawURL, "@"); at > i {
-			if colon := strings.Index(rawURL[i+3:at], ":"); colon >= 0 {
-				msg = strings.ReplaceAll(msg, rawURL[i+3+colon+1:at], "REDACTED")
-			}
-		}
-	}
-	return msg
-}
-
-// checkMigrations refuses to run on a database that is behind.
-func checkMigrations(ctx context.Context, pool *pgxpool.Pool) error {
-	m, err := migrations.New(pool)
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-	status, err := m.Status(ctx)
-	if err != nil {
-		return err
-	}
-	for _, c := range status {
-		if !c.UpToDate() {
-			return fmt.Errorf("the database is behind (%s at version %d of %d): run `tether migrate up` first", c.Name, c.Current, c.Latest)
-		}
-	}
-	return nil
+	return &deps{cfg: cfg, pool: e.DB, spice: e.SpiceDB, engine: e}, nil
 }

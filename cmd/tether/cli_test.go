@@ -16,8 +16,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/tetherhq/tether/internal/devstack"
-	"github.com/tetherhq/tether/internal/testenv"
+	"github.com/tetherhq/tether/internal/devtools/devstack"
+	"github.com/tetherhq/tether/internal/devtools/testenv"
 	"github.com/tetherhq/tether/jobs"
 )
 
@@ -287,7 +287,7 @@ func TestServe(t *testing.T) {
 		defer close(exited)
 		exitCode = run(ctx, []string{"serve"}, e.getenv, &stdout, &stderr)
 	}()
-	t.Cleanup(func() { cancel(); <-exited }) // also when an assertion fails
+	t.Cleanup(func() { cancel(); testenv.Await(t, exited, 30*time.Second, "serve stops") }) // also when an assertion fails
 
 	get := func(path, token string) (int, string, error) {
 		req, err := http.NewRequest(http.MethodGet, base+path, nil)

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/tetherhq/tether/app"
+	"github.com/tetherhq/tether/internal/config"
 )
 
 // runKeys re-encrypts secrets at rest under the first key of
@@ -16,16 +16,15 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, std
 		return &exitError{code: 2, err: fmt.Errorf("usage: tether keys rotate")}
 	}
 	if getenv("TETHER_ENCRYPTION_KEYS") == "" {
-		return &app.ConfigError{Variable: "TETHER_ENCRYPTION_KEYS", Problem: "required to re-encrypt secrets"}
+		return &config.Error{Variable: "TETHER_ENCRYPTION_KEYS", Problem: "required to re-encrypt secrets"}
 	}
-	d, err := open(ctx, getenv, app.ScopeDatabase, true)
+	d, err := open(ctx, getenv, config.ScopeDatabase, true)
 	if err != nil {
 		return err
 	}
 	defer d.close()
 	cfg := d.cfg
-	svc := &app.Service{DB: d.pool, Keys: cfg.EncryptionKeys}
-	r, err := svc.RotateKeys(ctx)
+	r, err := d.engine.Service.RotateKeys(ctx)
 	if err != nil {
 		return err
 	}

@@ -6,7 +6,7 @@ import (
 	"io"
 	"text/tabwriter"
 
-	"github.com/tetherhq/tether/app"
+	"github.com/tetherhq/tether/internal/config"
 	"github.com/tetherhq/tether/jobs"
 	"github.com/tetherhq/tether/migrations"
 )
@@ -15,7 +15,7 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 	if len(args) != 1 || (args[0] != "up" && args[0] != "down" && args[0] != "status") {
 		return &exitError{code: 2, err: fmt.Errorf("usage: tether migrate up|down|status")}
 	}
-	d, err := open(ctx, getenv, app.ScopeDatabase, false)
+	d, err := open(ctx, getenv, config.ScopeDatabase, false)
 	if err != nil {
 		return err
 	}

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"golang.org/x/term"
 
-	"github.com/tetherhq/tether/app"
+	"github.com/tetherhq/tether/internal/config"
+	"github.com/tetherhq/tether/internal/engine"
 	"github.com/tetherhq/tether/jobs"
 )
 
@@ -25,25 +27,18 @@ func runReconcile(ctx context.Context, args []string, getenv func(string) string
 	if *output != "text" && *output != "json" {
 		return &exitError{code: 2, err: fmt.Errorf("reconcile: --output must be text or json")}
 	}
-	d, err := open(ctx, getenv, app.ScopeDatabase, true)
-	if err != nil {
-		return err
-	}
-	defer d.close()
-	cfg, pool, spice := d.cfg, d.pool, d.spice
-	logger := newLogger(stderr, cfg.LogLevel)
-	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: cfg.RetryMaxBackoff}
-	// Insert-only: repairs that raced a change hand the key to the workers.
-	_, enqueuer, err := jobs.NewClient(pool, syncer, jobs.ClientConfig{
-		Work: false, FetchCooldown: cfg.FetchCooldown, FetchPollInterval: cfg.FetchPollInterval,
-		JobTimeout: cfg.JobTimeout, RescueStuckJobsAfter: cfg.RescueStuckJobsAfter, Logger: logger,
+	// The CLI engine's River client only inserts: repairs that raced a
+	// change hand the key to the workers.
+	d, err := open(ctx, getenv, config.ScopeDatabase, true, func(o *engine.Options) {
+		o.Logger = newLogger(stderr, strings.ToLower(getenv("TETHER_LOG_LEVEL")))
 	})
 	if err != nil {
 		return err
 	}
+	defer d.close()
 	progress, finish := progressReporter(stderr)
 	defer finish()
-	report, err := jobs.NewReconciler(syncer, enqueuer).Run(ctx, jobs.ReconcileOpts{DryRun: *dryRun, Progress: progress, Wait: true})
+	report, err := d.engine.Reconciler.Run(ctx, jobs.ReconcileOpts{DryRun: *dryRun, Progress: progress, Wait: true})
 	if err != nil {
 		return err
 	}

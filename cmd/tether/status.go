@@ -11,8 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/tetherhq/tether/app"
 	"github.com/tetherhq/tether/db/dbsqlc"
+	"github.com/tetherhq/tether/internal/config"
 	"github.com/tetherhq/tether/jobs"
 	"github.com/tetherhq/tether/migrations"
 )
@@ -20,7 +20,7 @@ import (
 // runStatus prints one screen for an operator: migrations, the queue, failing
 // jobs, the oldest unapplied change and the last reconcile.
 func runStatus(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
-	d, err := open(ctx, getenv, app.ScopeDatabase, false)
+	d, err := open(ctx, getenv, config.ScopeDatabase, false)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/tetherhq/tether/app"
+	"github.com/tetherhq/tether/internal/config"
 )
 
 func runToken(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -21,7 +22,7 @@ func runToken(args []string, getenv func(string) string, stdout, stderr io.Write
 	}
 	secret := getenv("TETHER_AUTH_HMAC_SECRET")
 	if len(secret) < 32 {
-		return &app.ConfigError{Variable: "TETHER_AUTH_HMAC_SECRET", Problem: "required (at least 32 characters) to sign tokens"}
+		return &config.Error{Variable: "TETHER_AUTH_HMAC_SECRET", Problem: "required (at least 32 characters) to sign tokens"}
 	}
 	role := getenv("TETHER_AUTH_ADMIN_ROLE")
 	if role == "" {

@@ -59,12 +59,22 @@ func Parse(s string) (*Ring, error) {
 	return ring, nil
 }
 
+// ErrNoKey is returned by a ring with no keys (commands run without
+// TETHER_ENCRYPTION_KEYS, which never touch secrets).
+var ErrNoKey = errors.New("no encryption key configured (TETHER_ENCRYPTION_KEYS)")
+
+// Empty is a ring with no keys: it encrypts and decrypts nothing.
+func Empty() *Ring { return &Ring{aeads: map[string]cipher.AEAD{}} }
+
 // PrimaryKeyID is the id of the key that encrypts.
 func (r *Ring) PrimaryKeyID() string { return r.primary }
 
 // Encrypt seals plaintext with the primary key.
 func (r *Ring) Encrypt(plaintext, associatedData []byte) ([]byte, error) {
-	aead := r.aeads[r.primary]
+	aead, ok := r.aeads[r.primary]
+	if !ok {
+		return nil, ErrNoKey
+	}
 	out := make([]byte, 0, 1+len(r.primary)+aead.NonceSize()+len(plaintext)+aead.Overhead())
 	out = append(out, byte(len(r.primary)))
 	out = append(out, r.primary...)
@@ -106,7 +116,34 @@ func (r *Ring) Decrypt(ciphertext, associatedData []byte) (plaintext []byte, sta
 	return plaintext, id != r.primary, nil
 }
 
+// Binding is the one scheme that binds a ciphertext to the row (and column)
+// holding it, as associated data: "table/id[/column]". A ciphertext copied
+// into another row, or another column, does not decrypt. The formats are
+// stored with every secret at rest: never change them.
+func Binding(table, id, column string) []byte {
+	if column == "" {
+		return []byte(table + "/" + id)
+	}
+	return []byte(table + "/" + id + "/" + column)
+}
+
 // ClientSecretAAD binds a provider's encrypted client secret to the provider.
 func ClientSecretAAD(providerID string) []byte {
-	return []byte("oauth2_provider/" + providerID + "/client_secret")
+	return Binding("oauth2_provider", providerID, "client_secret")
+}
+
+// TokenAAD binds a connection's encrypted tokens to the connection.
+func TokenAAD(connectionID string) []byte {
+	return Binding("oauth2_connection", connectionID, "token")
+}
+
+// StateAAD binds an authorization state's PKCE verifier to the state (by
+// the hash under which the state is stored).
+func StateAAD(stateHash []byte) []byte {
+	return Binding("oauth2_state", base64.RawURLEncoding.EncodeToString(stateHash), "code_verifier")
+}
+
+// RevocationAAD binds a token awaiting revocation to its revocation row.
+func RevocationAAD(revocationID string) []byte {
+	return Binding("oauth2_token_revocation", revocationID, "")
 }

@@ -21,7 +21,7 @@ import (
 // Provider is what a client needs to know of a stored provider.
 type Provider struct {
 	ID               string
-	Kind             string
+	Kind             Kind
 	ClientID         string
 	ClientSecret     string
 	Scope            string
@@ -53,6 +53,19 @@ type discovered struct {
 	at        time.Time
 }
 
+// Kind is a provider's kind: it decides how its endpoints are found.
+type Kind string
+
+const (
+	KindGitLab        Kind = "gitlab"
+	KindGitHub        Kind = "github"
+	KindGenericOAuth2 Kind = "generic_oauth2"
+	KindGenericOIDC   Kind = "generic_oidc"
+)
+
+// Kinds are every kind Tether knows.
+var Kinds = []Kind{KindGitLab, KindGitHub, KindGenericOAuth2, KindGenericOIDC}
+
 // discoveryTTL bounds how long an OIDC discovery document is trusted.
 const discoveryTTL = 10 * time.Minute
 
@@ -64,16 +77,16 @@ func New(timeout time.Duration) *Client {
 // Endpoints returns a provider's endpoints.
 func (c *Client) Endpoints(ctx context.Context, p *Provider) (Endpoints, error) {
 	switch p.Kind {
-	case "gitlab":
+	case KindGitLab:
 		base := strings.TrimSuffix(p.URL, "/")
 		return Endpoints{AuthURL: base + "/oauth/authorize", TokenURL: base + "/oauth/token", RevocationURL: base + "/oauth/revoke"}, nil
-	case "github":
+	case KindGitHub:
 		// GitHub has no RFC 7009 endpoint (its grant deletion is a REST API
 		// call with other credentials).
 		return Endpoints{AuthURL: "https://github.com/login/oauth/authorize", TokenURL: "https://github.com/login/oauth/access_token"}, nil
-	case "generic_oauth2":
+	case KindGenericOAuth2:
 		return Endpoints{AuthURL: p.AuthorizationURL, TokenURL: p.TokenURL, RevocationURL: p.RevocationURL}, nil
-	case "generic_oidc":
+	case KindGenericOIDC:
 		return c.discover(ctx, p.IssuerURL)
 	}
 	return Endpoints{}, fmt.Errorf("unknown provider kind %q", p.Kind)
@@ -86,30 +99,9 @@ func (c *Client) discover(ctx context.Context, issuer string) (Endpoints, error)
 	if ok && time.Since(d.at) < discoveryTTL {
 		return d.endpoints, nil
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(issuer, "/")+"/.well-known/openid-configuration", nil)
+	doc, err := Discover(ctx, c.HTTP, issuer)
 	if err != nil {
-		return Endpoints{}, fmt.Errorf("error building discovery request: %w", err)
-	}
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		return Endpoints{}, fmt.Errorf("error fetching OIDC discovery: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return Endpoints{}, fmt.Errorf("OIDC discovery answered %s", resp.Status)
-	}
-	var doc struct {
-		Issuer                string `json:"issuer"`
-		AuthorizationEndpoint string `json:"authorization_endpoint"`
-		TokenEndpoint         string `json:"token_endpoint"`
-		RevocationEndpoint    string `json:"revocation_endpoint"`
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&doc); err != nil {
-		return Endpoints{}, fmt.Errorf("error decoding OIDC discovery: %w", err)
-	}
-	// A document naming another issuer is a mix-up waiting to happen.
-	if strings.TrimSuffix(doc.Issuer, "/") != strings.TrimSuffix(issuer, "/") {
-		return Endpoints{}, fmt.Errorf("OIDC discovery of %s names issuer %q", issuer, doc.Issuer)
+		return Endpoints{}, err
 	}
 	if doc.AuthorizationEndpoint == "" || doc.TokenEndpoint == "" {
 		return Endpoints{}, errors.New("OIDC discovery lacks authorization or token endpoint")
@@ -119,6 +111,41 @@ func (c *Client) discover(ctx context.Context, issuer string) (Endpoints, error)
 	c.discovery[issuer] = discovered{endpoints: e, at: time.Now()}
 	c.mu.Unlock()
 	return e, nil
+}
+
+// Metadata is the part of an OIDC discovery document Tether reads.
+type Metadata struct {
+	Issuer                string `json:"issuer"`
+	AuthorizationEndpoint string `json:"authorization_endpoint"`
+	TokenEndpoint         string `json:"token_endpoint"`
+	RevocationEndpoint    string `json:"revocation_endpoint"`
+	JWKSURI               string `json:"jwks_uri"`
+}
+
+// Discover fetches issuer's discovery document: the one discovery client,
+// for providers and for the issuer of Tether's own tokens. A document that
+// names another issuer is refused (a mix-up waiting to happen).
+func Discover(ctx context.Context, client *http.Client, issuer string) (*Metadata, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(issuer, "/")+"/.well-known/openid-configuration", nil)
+	if err != nil {
+		return nil, fmt.Errorf("error building discovery request: %w", err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("error fetching OIDC discovery: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("OIDC discovery answered %s", resp.Status)
+	}
+	var doc Metadata
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&doc); err != nil {
+		return nil, fmt.Errorf("error decoding OIDC discovery: %w", err)
+	}
+	if strings.TrimSuffix(doc.Issuer, "/") != strings.TrimSuffix(issuer, "/") {
+		return nil, fmt.Errorf("OIDC discovery of %s names issuer %q", issuer, doc.Issuer)
+	}
+	return &doc, nil
 }
 
 // Config builds the oauth2.Config of a provider. The redirect URI is fixed by

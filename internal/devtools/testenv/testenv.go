@@ -21,7 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
-	"github.com/tetherhq/tether/internal/devstack"
+	"github.com/tetherhq/tether/internal/devtools/devstack"
 	"github.com/tetherhq/tether/jobs"
 	"github.com/tetherhq/tether/migrations"
 )

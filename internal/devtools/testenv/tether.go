@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/url"
 	"sort"
 	"strconv"
@@ -12,13 +14,13 @@ import (
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 
 	"github.com/tetherhq/tether/app"
 	"github.com/tetherhq/tether/db/dbsqlc"
+	"github.com/tetherhq/tether/internal/config"
+	"github.com/tetherhq/tether/internal/engine"
 	"github.com/tetherhq/tether/internal/keyring"
-	"github.com/tetherhq/tether/internal/oauthclient"
 	"github.com/tetherhq/tether/jobs"
 )
 
@@ -29,32 +31,31 @@ type T interface {
 	Fatalf(format string, args ...any)
 }
 
-// Tether is a whole sync engine on the test's own database and SpiceDB
-// store: service, River client with workers, reconciler.
+// Tether is a whole engine, built as `tether serve` builds it, on the
+// test's own database and SpiceDB store, with its HTTP API served on URL.
 type Tether struct {
-	DB          *pgxpool.Pool
-	SpiceDB     *jobs.SpiceDB
+	*engine.Engine
 	SpiceConfig jobs.SpiceDBConfig
-	River       *river.Client[pgx.Tx]
-	Enqueuer    *jobs.Enqueuer
-	Syncer      *jobs.Syncer
-	Service     *app.Service
-	Keys        *keyring.Ring
-	Reconciler  *jobs.Reconciler
+	// URL is the base URL of the engine's HTTP server (TETHER_PUBLIC_URL).
+	URL  string
+	opts TetherOpts
 }
 
 // TetherOpts tune a test engine.
 type TetherOpts struct {
-	// NoWorkers builds an insert-only client (jobs stay queued).
+	// NoWorkers builds an API-only engine (jobs stay queued).
 	NoWorkers bool
+	// DatabaseURL is the database to use; default: a fresh clone of the
+	// migrated template.
+	DatabaseURL string
+	// Config adjusts the configuration (dev mode, origins, timings).
+	Config func(*config.Config)
 	// Client overrides parts of the River configuration.
 	Client func(*jobs.ClientConfig)
 	// SpiceDB adds dial options, e.g. fault injection.
 	SpiceDB func(*jobs.SpiceDBConfig)
 	// Logger receives the engine's logs (River's included); default: none.
 	Logger *slog.Logger
-	// Metrics, if set, are recorded by the workers.
-	Metrics *jobs.Metrics
 	// NoBatching writes each job's updates on their own instead of group
 	// committing them as production does.
 	NoBatching bool
@@ -63,47 +64,104 @@ type TetherOpts struct {
 // TestKeyRing is a fixed key ring for tests.
 const TestKeyRing = "test1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 
+// HMACSecret signs the test engines' HS256 tokens.
+const HMACSecret = "test-secret-test-secret-test-secret-0123"
+
+// AdminRole is the test engines' admin role.
+const AdminRole = "tether-admin"
+
 // StartTether starts an engine; it stops when the test ends.
 func StartTether(tb testing.TB, opts TetherOpts) *Tether {
 	tb.Helper()
-	pool := Pool(tb)
+	if opts.DatabaseURL == "" {
+		opts.DatabaseURL = DatabaseURL(tb)
+	}
 	spiceCfg := SpiceDBConfig(tb)
 	if opts.SpiceDB != nil {
 		opts.SpiceDB(&spiceCfg)
 	}
-	spice := SpiceDB(tb, spiceCfg)
+	listener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("testenv: %v", err)
+	}
+	cfg := testConfig(tb, opts, spiceCfg, "http://"+listener.Addr().String())
+	role := engine.RoleAll
+	if opts.NoWorkers {
+		role = engine.RoleAPI
+	}
+	tt := &Tether{SpiceConfig: spiceCfg, URL: cfg.PublicURL.String(), opts: opts}
+	tt.Engine = startEngine(tb, cfg, opts, role, spiceCfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := tt.SpiceDB.WriteSchema(ctx); err != nil {
+		tb.Fatalf("testenv: error writing the SpiceDB schema: %v", err)
+	}
+	server := &http.Server{Handler: tt.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = server.Serve(listener) }()
+	tb.Cleanup(func() { _ = server.Close() })
+	return tt
+}
+
+// testConfig is the configuration of a test engine: production's defaults,
+// the test's stores, short backoffs, no periodic reconcile.
+func testConfig(tb testing.TB, opts TetherOpts, spiceCfg jobs.SpiceDBConfig, publicURL string) *config.Config {
+	tb.Helper()
 	keys, err := keyring.Parse(TestKeyRing)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		logger = slog.New(slog.NewTextHandler(tbWriter{tb}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg := config.Defaults()
+	cfg.DatabaseURL = opts.DatabaseURL
+	cfg.SpiceDBEndpoint, cfg.SpiceDBToken, cfg.SpiceDBInsecure = spiceCfg.Endpoint, spiceCfg.Token, spiceCfg.Insecure
+	cfg.EncryptionKeys = keys
+	cfg.AuthHMACSecret = []byte(HMACSecret)
+	cfg.AuthAdminRole = AdminRole
+	cfg.DevMode = true
+	cfg.MaxWorkers = 8
+	cfg.ReconcileInterval = 0
+	cfg.RetryMaxBackoff = 200 * time.Millisecond
+	if opts.NoBatching {
+		cfg.WriteFlushers = 0
 	}
-	if opts.Logger != nil {
-		logger = opts.Logger
+	if cfg.PublicURL, err = url.Parse(publicURL); err != nil {
+		tb.Fatal(err)
 	}
-	oauth := oauthclient.New(5 * time.Second)
-	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: logger, MaxBackoff: 200 * time.Millisecond, Keys: keys, OAuth: oauth,
-		Metrics: opts.Metrics}
-	if !opts.NoBatching {
-		syncer.Batcher = jobs.NewBatcher(spice, pool, 4)
-		tb.Cleanup(syncer.Batcher.Close)
+	if opts.Config != nil {
+		opts.Config(&cfg)
 	}
-	client, enqueuer := startClient(tb, pool, syncer, func(cfg *jobs.ClientConfig) {
-		cfg.Work = !opts.NoWorkers
-		if opts.Client != nil {
-			opts.Client(cfg)
+	return &cfg
+}
+
+// startEngine builds and starts an engine for role; it stops when the test
+// ends, cancelling running jobs.
+func startEngine(tb testing.TB, cfg *config.Config, opts TetherOpts, role engine.Role, spiceCfg jobs.SpiceDBConfig) *engine.Engine {
+	tb.Helper()
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		if testing.Verbose() {
+			logger = slog.New(slog.NewTextHandler(tbWriter{tb}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		}
-	})
-	return &Tether{
-		DB: pool, SpiceDB: spice, SpiceConfig: spiceCfg, River: client, Enqueuer: enqueuer, Syncer: syncer,
-		Service: &app.Service{DB: pool, Enqueuer: enqueuer, Keys: keys, OAuth: &app.OAuthConfig{
-			Client: oauth, PublicURL: &url.URL{Scheme: "http", Host: "127.0.0.1"},
-		}},
-		Keys:       keys,
-		Reconciler: jobs.NewReconciler(syncer, enqueuer),
 	}
+	e, err := engine.New(context.Background(), cfg, engine.Options{
+		Role: role, Logger: logger, CancelJobsOnStop: true, OAuthTimeout: 5 * time.Second, Client: opts.Client,
+		SpiceDB: func(c *jobs.SpiceDBConfig) { c.DialOptions = spiceCfg.DialOptions },
+	})
+	if err != nil {
+		tb.Fatalf("testenv: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.Start(ctx); err != nil {
+		_ = e.Stop(ctx)
+		tb.Fatalf("testenv: %v", err)
+	}
+	tb.Cleanup(func() {
+		stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer stopCancel()
+		_ = e.Stop(stopCtx)
+	})
+	return e
 }
 
 type tbWriter struct{ tb testing.TB }
@@ -240,67 +298,47 @@ func (tt *Tether) SyncState(tb T, kind, keyID string) *dbsqlc.SyncState {
 	return st
 }
 
-// AttachWorkers starts a River client with workers on an engine's database
-// and SpiceDB (an engine started with NoWorkers, or a second worker process
-// in spirit).
+// AttachWorkers starts a worker engine on an engine's database and SpiceDB
+// store (a second worker process in spirit), with the same SpiceDB dial
+// options and tune applied to its River client.
 func AttachWorkers(tb testing.TB, tt *Tether, tune func(*jobs.ClientConfig)) *river.Client[pgx.Tx] {
 	tb.Helper()
-	client, _ := startClient(tb, tt.DB, tt.Syncer, tune)
-	return client
+	opts := tt.opts
+	opts.Client = func(c *jobs.ClientConfig) {
+		if tt.opts.Client != nil {
+			tt.opts.Client(c)
+		}
+		if tune != nil {
+			tune(c)
+		}
+	}
+	return startEngine(tb, tt.Config, opts, engine.RoleWorker, tt.SpiceConfig).River
 }
 
-// startClient builds a River client with the test defaults (8 workers, no
-// periodic reconcile) and tune applied, starts it if it works jobs, and
-// stops it when the test ends.
-func startClient(tb testing.TB, pool *pgxpool.Pool, syncer *jobs.Syncer, tune func(*jobs.ClientConfig)) (*river.Client[pgx.Tx], *jobs.Enqueuer) {
-	tb.Helper()
-	cfg := jobs.DefaultClientConfig()
-	cfg.MaxWorkers = 8
+// RunWorker runs a worker engine outside any test (a helper process a test
+// kills): production's wiring, batching on, with spiceCfg's dial options.
+func RunWorker(ctx context.Context, databaseURL string, spiceCfg jobs.SpiceDBConfig, tune func(*config.Config)) (stop func(), err error) {
+	cfg := config.Defaults()
+	cfg.DatabaseURL = databaseURL
+	cfg.SpiceDBEndpoint, cfg.SpiceDBToken, cfg.SpiceDBInsecure = spiceCfg.Endpoint, spiceCfg.Token, spiceCfg.Insecure
+	if cfg.EncryptionKeys, err = keyring.Parse(TestKeyRing); err != nil {
+		return nil, err
+	}
 	cfg.ReconcileInterval = 0
-	cfg.Logger = syncer.Logger
+	cfg.RetryMaxBackoff = time.Second
 	if tune != nil {
 		tune(&cfg)
 	}
-	client, enqueuer, err := jobs.NewClient(pool, syncer, cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if cfg.Work {
-		ctx, cancel := context.WithCancel(context.Background())
-		if err := client.Start(ctx); err != nil {
-			tb.Fatal(err)
-		}
-		tb.Cleanup(func() {
-			stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer stopCancel()
-			_ = client.StopAndCancel(stopCtx)
-			cancel()
-		})
-	}
-	return client, enqueuer
-}
-
-// RunWorker runs a worker outside any test (a helper process a test kills).
-func RunWorker(ctx context.Context, databaseURL string, spiceCfg jobs.SpiceDBConfig) (stop func(), err error) {
-	pool, err := pgxpool.New(ctx, databaseURL)
+	e, err := engine.New(ctx, &cfg, engine.Options{Role: engine.RoleWorker,
+		SpiceDB: func(c *jobs.SpiceDBConfig) { c.DialOptions = spiceCfg.DialOptions }})
 	if err != nil {
 		return nil, err
 	}
-	spice, err := jobs.NewSpiceDB(spiceCfg)
-	if err != nil {
+	if err := e.Start(ctx); err != nil {
+		_ = e.Stop(ctx)
 		return nil, err
 	}
-	syncer := &jobs.Syncer{DB: pool, SpiceDB: spice, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), MaxBackoff: time.Second}
-	cfg := jobs.DefaultClientConfig()
-	cfg.ReconcileInterval = 0
-	client, _, err := jobs.NewClient(pool, syncer, cfg)
-	if err != nil {
-		return nil, err
-	}
-	if err := client.Start(ctx); err != nil {
-		return nil, err
-	}
-	return func() { _ = client.Stop(ctx); pool.Close() }, nil
+	return func() { _ = e.Stop(ctx) }, nil
 }
 
 // RequireInSync fails, naming the differences, unless SpiceDB holds exactly
@@ -327,4 +365,20 @@ func diffSorted(a, b []string) []string {
 		}
 	}
 	return out
+}
+
+// Await waits for a value (or the close) of ch for at most d, failing the
+// test with what otherwise: no bare receive can hang a test.
+func Await[V any](tb T, ch <-chan V, d time.Duration, what string) V {
+	tb.Helper()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-timer.C:
+		tb.Fatalf("%s: nothing after %s", what, d)
+		var zero V
+		return zero
+	}
 }

@@ -13,7 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/tetherhq/tether/internal/devstack"
+	"github.com/tetherhq/tether/internal/devtools/devstack"
 	"github.com/tetherhq/tether/jobs"
 )
 

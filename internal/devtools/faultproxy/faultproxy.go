@@ -30,6 +30,7 @@ type Proxy struct {
 	closed  bool
 
 	accepted atomic.Int64
+	held     atomic.Int64
 	wg       sync.WaitGroup
 }
 
@@ -115,6 +116,10 @@ func (p *Proxy) Conns() int {
 	defer p.mu.Unlock()
 	return len(p.conns)
 }
+
+// Held is how many chunks of data a stall has held so far: a signal that
+// traffic reached the proxy and is stuck in it.
+func (p *Proxy) Held() int64 { return p.held.Load() }
 
 // Accepted is the number of connections accepted so far.
 func (p *Proxy) Accepted() int64 { return p.accepted.Load() }
@@ -249,6 +254,7 @@ func (p *Proxy) wait(l *link, due time.Time) bool {
 		if !stalled {
 			break
 		}
+		p.held.Add(1)
 		select {
 		case <-resume:
 		case <-l.done:

@@ -23,7 +23,7 @@ import (
 	"golang.org/x/net/html"
 	"golang.org/x/oauth2"
 
-	"github.com/tetherhq/tether/internal/oauthtest"
+	"github.com/tetherhq/tether/internal/devtools/oauthtest"
 )
 
 func TestMain(m *testing.M) {
