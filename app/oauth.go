@@ -232,7 +232,7 @@ func (s *Service) Callback(ctx context.Context, user *User, browserBinding, stat
 	var st *dbsqlc.Oauth2State
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		var err error
-		st, err = dbsqlc.New().StateConsume(ctx, tx, stateHash)
+		st, err = queries.StateConsume(ctx, tx, stateHash)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errInvalidState
 		}
@@ -312,7 +312,7 @@ func (s *Service) storeToken(ctx context.Context, tx pgx.Tx, connectionID uuid.U
 	if !tok.Expiry.IsZero() {
 		expires = &tok.Expiry
 	}
-	if err := dbsqlc.New().ConnectionSetToken(ctx, tx, &dbsqlc.ConnectionSetTokenParams{ID: connectionID, TokenEnc: enc, TokenExpiresAt: expires}); err != nil {
+	if err := queries.ConnectionSetToken(ctx, tx, &dbsqlc.ConnectionSetTokenParams{ID: connectionID, TokenEnc: enc, TokenExpiresAt: expires}); err != nil {
 		return fmt.Errorf("error storing token: %w", err)
 	}
 	return nil

@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -47,6 +48,9 @@ func DefaultClientConfig() ClientConfig {
 // NewClient builds the River client with every Tether worker registered (a
 // leader must know every kind, or it discards their stuck jobs).
 func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (*river.Client[pgx.Tx], *Enqueuer, error) {
+	if db == nil || syncer == nil {
+		return nil, nil, errors.New("jobs.NewClient: missing pool or syncer")
+	}
 	if cfg.RescueStuckJobsAfter <= cfg.JobTimeout {
 		return nil, nil, fmt.Errorf("rescue time %s must exceed the job timeout %s, or running jobs are rescued while they run",
 			cfg.RescueStuckJobsAfter, cfg.JobTimeout)
