@@ -6,7 +6,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/tetherhq/tether/db/dbsqlc"
-	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 // Pool is a resource pool as the API shows it.
@@ -52,8 +52,8 @@ type PoolViewer struct {
 
 // ValidUserID checks a user id given in a request (a manual viewer).
 func ValidUserID(id string) error {
-	if id == "" || len(id) > jobs.MaxUserIDLen || !utf8.ValidString(id) {
-		return Errorf(EINVALID, "user id must be 1 to %d bytes of UTF-8", jobs.MaxUserIDLen)
+	if id == "" || len(id) > spicedb.MaxUserIDLen || !utf8.ValidString(id) {
+		return Errorf(EINVALID, "user id must be 1 to %d bytes of UTF-8", spicedb.MaxUserIDLen)
 	}
 	for _, r := range id {
 		if unicode.IsControl(r) {

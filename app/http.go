@@ -11,8 +11,7 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 //go:embed openapi.json
@@ -27,7 +26,7 @@ type Server struct {
 	service  *Service
 	auth     *Authenticator
 	logger   *slog.Logger
-	spicedb  *jobs.SpiceDB
+	spicedb  *spicedb.Client
 	cookie   string
 	httpReq  *prometheus.CounterVec
 	httpDur  *prometheus.HistogramVec
@@ -40,7 +39,7 @@ type ServerDeps struct {
 	Service  *Service
 	Auth     *Authenticator
 	Logger   *slog.Logger
-	SpiceDB  *jobs.SpiceDB
+	SpiceDB  *spicedb.Client
 	Cookie   string
 	Registry *prometheus.Registry
 	// API serves the /api/data routes and the user page; without it (role

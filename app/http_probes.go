@@ -6,8 +6,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
-
-	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 func (s *Server) healthz(c echo.Context) error {
@@ -30,7 +29,7 @@ func (s *Server) readyz(c echo.Context) error {
 	switch state, err := s.spicedb.CheckSchema(ctx); {
 	case err != nil:
 		r.Status, r.SpiceDB = "unavailable", "unreachable"
-	case state != jobs.SchemaCurrent:
+	case state != spicedb.SchemaCurrent:
 		r.Status, r.SpiceDB = "unavailable", "schema "+state.String()+" (run tether reconcile or tether migrate up)"
 	}
 	if r.Status != "ok" {

@@ -17,6 +17,7 @@ import (
 	"github.com/tetherhq/tether/app"
 	"github.com/tetherhq/tether/internal/devtools/testenv"
 	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 func (b *oauthBundle) bearer(t *testing.T, method, path, token string) (int, string) {
@@ -160,7 +161,7 @@ func TestMetricsDuringTraffic(t *testing.T) {
 func TestSyncStatusRetryingThenSynced(t *testing.T) {
 	t.Parallel()
 	proc := testenv.StartSpiceDBProcess(t, true)
-	b := setupServer(t, testenv.TetherOpts{SpiceDB: func(c *jobs.SpiceDBConfig) { *c = proc.Config() }})
+	b := setupServer(t, testenv.TetherOpts{SpiceDB: func(c *spicedb.Config) { *c = proc.Config() }})
 	b.tt.WaitSynced(t, 15*time.Second)
 	proc.Stop()
 	b.tt.Connect(t, "alice", "dev")

@@ -32,6 +32,7 @@ import (
 	"github.com/tetherhq/tether/internal/devtools/faultproxy"
 	"github.com/tetherhq/tether/internal/devtools/testenv"
 	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 	"github.com/tetherhq/tether/migrations"
 )
 
@@ -766,7 +767,7 @@ func TestSpiceDBMemoryRestartUnderTraffic(t *testing.T) {
 	ctx := context.Background()
 	proc := testenv.StartSpiceDBProcess(t, false)
 	tt := testenv.StartTether(t, testenv.TetherOpts{
-		SpiceDB: func(c *jobs.SpiceDBConfig) { *c = proc.Config() },
+		SpiceDB: func(c *spicedb.Config) { *c = proc.Config() },
 		Client:  func(c *jobs.ClientConfig) { c.MaxWorkers = 16 },
 	})
 	pools := setupPools(t, tt)
@@ -1048,8 +1049,8 @@ func orNil(s *string) string {
 
 // throughProxy routes the engine's SpiceDB connections through a fault
 // proxy, stored in *proxy, closed when the test ends.
-func throughProxy(t *testing.T, proxy **faultproxy.Proxy) func(*jobs.SpiceDBConfig) {
-	return func(c *jobs.SpiceDBConfig) {
+func throughProxy(t *testing.T, proxy **faultproxy.Proxy) func(*spicedb.Config) {
+	return func(c *spicedb.Config) {
 		p, err := faultproxy.New(c.Endpoint)
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = p.Close() })

@@ -12,7 +12,7 @@ import (
 
 	"github.com/tetherhq/tether/internal/config"
 	"github.com/tetherhq/tether/internal/devtools/testenv"
-	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 // helperWorkerEnv makes the test binary run as a worker process that a test
@@ -47,7 +47,7 @@ func helperWorker() int {
 		}
 		return invoker(ctx, method, req, reply, cc, opts...)
 	})
-	_, err := testenv.RunWorker(ctx, os.Getenv("HELPER_DATABASE_URL"), jobs.SpiceDBConfig{
+	_, err := testenv.RunWorker(ctx, os.Getenv("HELPER_DATABASE_URL"), spicedb.Config{
 		Endpoint: os.Getenv("HELPER_SPICEDB_ENDPOINT"), Token: os.Getenv("HELPER_SPICEDB_TOKEN"), Insecure: true,
 		DialOptions: []grpc.DialOption{block},
 	}, func(c *config.Config) { c.MaxWorkers = maxWorkers })

@@ -10,12 +10,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/tetherhq/tether/db/dbsqlc"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 // Batcher group-commits the small writes of concurrent sync jobs: each
 // flusher takes every request already waiting (it never waits for more, so
 // a lone write goes out at once), merges them into one WriteRelationships
-// call of at most MaxUpdatesPerWrite updates, then fences all their keys in
+// call of at most spicedb.MaxUpdatesPerWrite updates, then fences all their keys in
 // one UPDATE, and hands each job its result. SpiceDB takes about 1,800
 // single writes a second on a small machine but over ten times as many
 // updates in large batches; one fence per batch instead of one per job
@@ -28,7 +29,7 @@ import (
 // write that carried its updates returned, and sorted updates keep SpiceDB's
 // row locks deadlock-free.
 type Batcher struct {
-	spice  *SpiceDB
+	spice  *spicedb.Client
 	db     *pgxpool.Pool
 	queue  chan *batchRequest
 	stop   chan struct{}
@@ -39,7 +40,7 @@ type Batcher struct {
 type batchRequest struct {
 	ctx     context.Context
 	key     keyAt
-	updates []Update
+	updates []spicedb.Update
 	done    chan applyResult
 }
 
@@ -61,7 +62,7 @@ type applyResult struct {
 
 // NewBatcher starts flushers goroutines writing through spice and fencing
 // in db. Close it.
-func NewBatcher(spice *SpiceDB, db *pgxpool.Pool, flushers int) *Batcher {
+func NewBatcher(spice *spicedb.Client, db *pgxpool.Pool, flushers int) *Batcher {
 	b := &Batcher{spice: spice, db: db, queue: make(chan *batchRequest, 4096), stop: make(chan struct{}), closed: make(chan struct{})}
 	for range max(flushers, 1) {
 		b.wg.Add(1)
@@ -79,9 +80,9 @@ func (b *Batcher) Close() {
 
 // Apply writes key's updates as part of some batch and fences key. Writes
 // too large to share a call go out alone.
-func (b *Batcher) Apply(ctx context.Context, key keyAt, updates []Update) applyResult {
-	updates = normalizeUpdates(updates)
-	if len(updates) == 0 || len(updates) > MaxUpdatesPerWrite/4 {
+func (b *Batcher) Apply(ctx context.Context, key keyAt, updates []spicedb.Update) applyResult {
+	updates = spicedb.NormalizeUpdates(updates)
+	if len(updates) == 0 || len(updates) > spicedb.MaxUpdatesPerWrite/4 {
 		return applyAlone(ctx, b.spice, b.db, key, updates)
 	}
 	req := &batchRequest{ctx: ctx, key: key, updates: updates, done: make(chan applyResult, 1)}
@@ -106,7 +107,7 @@ func (b *Batcher) Apply(ctx context.Context, key keyAt, updates []Update) applyR
 }
 
 // applyAlone writes updates in their own call, then fences key alone.
-func applyAlone(ctx context.Context, spice *SpiceDB, db *pgxpool.Pool, key keyAt, updates []Update) applyResult {
+func applyAlone(ctx context.Context, spice *spicedb.Client, db *pgxpool.Pool, key keyAt, updates []spicedb.Update) applyResult {
 	started := time.Now()
 	token, err := spice.Write(ctx, updates)
 	res := applyResult{token: token, writtenAt: time.Now(), writeErr: err}
@@ -132,7 +133,7 @@ func (b *Batcher) flush() {
 			}
 		}
 		batch := []*batchRequest{first}
-		seen := make(map[Relationship]bool, len(first.updates))
+		seen := make(map[spicedb.Relationship]bool, len(first.updates))
 		keys := map[syncKey]bool{}
 		n := 0
 		add := func(r *batchRequest) {
@@ -144,10 +145,10 @@ func (b *Batcher) flush() {
 		}
 		add(first)
 	drain:
-		for n < MaxUpdatesPerWrite {
+		for n < spicedb.MaxUpdatesPerWrite {
 			select {
 			case r := <-b.queue:
-				if n+len(r.updates) > MaxUpdatesPerWrite || repeats(seen, r.updates) || keys[r.key.syncKey] {
+				if n+len(r.updates) > spicedb.MaxUpdatesPerWrite || repeats(seen, r.updates) || keys[r.key.syncKey] {
 					held = r
 					break drain
 				}
@@ -161,7 +162,7 @@ func (b *Batcher) flush() {
 	}
 }
 
-func repeats(seen map[Relationship]bool, updates []Update) bool {
+func repeats(seen map[spicedb.Relationship]bool, updates []spicedb.Update) bool {
 	for _, u := range updates {
 		if seen[u.Relationship] {
 			return true
@@ -174,7 +175,7 @@ func (b *Batcher) write(batch []*batchRequest) {
 	// Drop requests whose job gave up already; write with the earliest
 	// deadline among the rest.
 	live := batch[:0]
-	var all []Update
+	var all []spicedb.Update
 	for _, r := range batch {
 		if r.ctx.Err() != nil {
 			r.done <- applyResult{writeErr: r.ctx.Err()}

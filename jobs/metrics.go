@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tetherhq/tether/db/dbsqlc"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 // Metrics are the sync engine's Prometheus metrics. Labels are low
@@ -67,7 +68,7 @@ func (m *Metrics) observeWrite(took time.Duration, err error) {
 	if m == nil {
 		return
 	}
-	m.SpiceDBWriteSeconds.WithLabelValues(status.Code(unwrapStatus(err)).String()).Observe(took.Seconds())
+	m.SpiceDBWriteSeconds.WithLabelValues(status.Code(spicedb.UnwrapStatus(err)).String()).Observe(took.Seconds())
 }
 
 func (m *Metrics) observeApplied(kind string, fenceRetries int, changedAt time.Time) {
@@ -126,7 +127,7 @@ func (m *Metrics) middleware() rivertype.Middleware {
 // oldest unapplied change and revocation, pending and stalled keys, the last
 // reconcile (whoever ran it), and whether SpiceDB answers with Tether's
 // schema. One scrape makes one query of each kind.
-func RegisterStateGauges(reg prometheus.Registerer, db *pgxpool.Pool, spice *SpiceDB) {
+func RegisterStateGauges(reg prometheus.Registerer, db *pgxpool.Pool, spice *spicedb.Client) {
 	reg.MustRegister(&stateCollector{db: db, spice: spice})
 }
 
@@ -154,7 +155,7 @@ var stateDescs = struct {
 
 type stateCollector struct {
 	db    *pgxpool.Pool
-	spice *SpiceDB
+	spice *spicedb.Client
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -196,7 +197,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	up, current := 0.0, 0.0
 	if st, err := c.spice.CheckSchema(ctx); err == nil {
 		up = 1
-		if st == SchemaCurrent {
+		if st == spicedb.SchemaCurrent {
 			current = 1
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/tetherhq/tether/app"
 	"github.com/tetherhq/tether/internal/devtools/testenv"
 	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 // model is what the API promises, kept in plain Go: who may view which pool.
@@ -72,7 +73,7 @@ func TestModel(t *testing.T) {
 			t.Parallel()
 			f := &faults{rng: rand.New(rand.NewPCG(uint64(e), 42)), failBefore: 0.15, failAfter: 0.15, maxDelay: 3 * time.Millisecond}
 			tt := testenv.StartTether(t, testenv.TetherOpts{
-				SpiceDB: func(c *jobs.SpiceDBConfig) { c.DialOptions = append(c.DialOptions, f.interceptor()) },
+				SpiceDB: func(c *spicedb.Config) { c.DialOptions = append(c.DialOptions, f.interceptor()) },
 				Client:  func(c *jobs.ClientConfig) { c.MaxWorkers = 8 },
 			})
 			var seq atomic.Int64

@@ -12,6 +12,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/tetherhq/tether/db/dbsqlc"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 // reconcileLockID is the advisory lock that keeps reconciles (CLI and periodic
@@ -110,7 +111,7 @@ func (r *Reconciler) Run(ctx context.Context, opts ReconcileOpts) (*ReconcileRep
 	report.Checked = report.Actual + report.Missing + report.pendingTouches
 	var errText *string
 	if runErr != nil {
-		s := ScrubError(runErr)
+		s := spicedb.ScrubError(runErr)
 		errText = &s
 	}
 	if _, err := q.ReconcileRunInsert(context.WithoutCancel(ctx), r.DB, &dbsqlc.ReconcileRunInsertParams{
@@ -130,7 +131,7 @@ func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bo
 		return err
 	}
 	report.Schema = schema.String()
-	if schema != SchemaCurrent && !dryRun {
+	if schema != spicedb.SchemaCurrent && !dryRun {
 		// A wiped store (or a foreign schema) is put back before anything else.
 		if err := r.SpiceDB.WriteSchema(ctx); err != nil {
 			return err
@@ -140,8 +141,8 @@ func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bo
 	if err := q.ReconcileClear(ctx, r.DB); err != nil {
 		return fmt.Errorf("error clearing reconcile tables: %w", err)
 	}
-	if schema != SchemaMissing {
-		err := r.SpiceDB.Export(ctx, func(page []Relationship) error {
+	if schema != spicedb.SchemaMissing {
+		err := r.SpiceDB.Export(ctx, func(page []spicedb.Relationship) error {
 			rows := make([]*dbsqlc.ReconcileActualInsertParams, len(page))
 			for i, rel := range page {
 				rows[i] = &dbsqlc.ReconcileActualInsertParams{
@@ -174,7 +175,7 @@ func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bo
 
 	var afterID int64
 	for {
-		page, err := q.ReconcileDiffPage(ctx, r.DB, &dbsqlc.ReconcileDiffPageParams{AfterID: afterID, MaxRows: MaxUpdatesPerWrite})
+		page, err := q.ReconcileDiffPage(ctx, r.DB, &dbsqlc.ReconcileDiffPageParams{AfterID: afterID, MaxRows: spicedb.MaxUpdatesPerWrite})
 		if err != nil {
 			return fmt.Errorf("error reading drift: %w", err)
 		}
@@ -194,7 +195,7 @@ func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bo
 }
 
 func (r *Reconciler) repairPage(ctx context.Context, report *ReconcileReport, page []*dbsqlc.ReconcileDiff, dryRun bool) error {
-	updates := make([]Update, 0, len(page))
+	updates := make([]spicedb.Update, 0, len(page))
 	kinds := make([]string, 0, len(page))
 	keyIDs := make([]string, 0, len(page))
 	generations := make([]int64, 0, len(page))
@@ -210,8 +211,8 @@ func (r *Reconciler) repairPage(ctx context.Context, report *ReconcileReport, pa
 		default:
 			report.Extra++
 		}
-		updates = append(updates, Update{
-			Relationship: Relationship{d.ResourceType, d.ResourceID, d.Relation, d.SubjectType, d.SubjectID},
+		updates = append(updates, spicedb.Update{
+			Relationship: spicedb.Relationship{ResourceType: d.ResourceType, ResourceID: d.ResourceID, Relation: d.Relation, SubjectType: d.SubjectType, SubjectID: d.SubjectID},
 			Delete:       d.Operation == "delete",
 		})
 		kinds = append(kinds, d.KeyKind)
@@ -257,8 +258,6 @@ func (r *Reconciler) requeueStalled(ctx context.Context, report *ReconcileReport
 	return r.requeue(ctx, report, keys)
 }
 
-type syncKey struct{ kind, keyID string }
-
 func (r *Reconciler) requeue(ctx context.Context, report *ReconcileReport, keys []syncKey) error {
 	if len(keys) == 0 {
 		return nil
@@ -303,7 +302,7 @@ func argsForKey(k syncKey) (river.JobArgs, error) {
 		if !ok {
 			return nil, fmt.Errorf("malformed connection key %q", k.keyID)
 		}
-		userID, err := UserIDFromSubjectID(subjectID)
+		userID, err := spicedb.UserIDFromSubjectID(subjectID)
 		if err != nil {
 			return nil, err
 		}

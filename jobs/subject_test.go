@@ -11,16 +11,17 @@ import (
 
 	"github.com/tetherhq/tether/internal/devtools/testenv"
 	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 var spiceDBObjectID = regexp.MustCompile(`^[a-zA-Z0-9/_|\-=+]+$`)
 
 func checkSubjectID(t *testing.T, userID string) {
-	subject := jobs.SubjectID(userID)
+	subject := spicedb.SubjectID(userID)
 	require.Regexp(t, spiceDBObjectID, subject)
 	require.LessOrEqual(t, len(subject), 1024)
 	require.NotEqual(t, "*", subject)
-	back, err := jobs.UserIDFromSubjectID(subject)
+	back, err := spicedb.UserIDFromSubjectID(subject)
 	require.NoError(t, err)
 	require.Equal(t, userID, back)
 }
@@ -28,14 +29,14 @@ func checkSubjectID(t *testing.T, userID string) {
 func TestSubjectID(t *testing.T) {
 	t.Parallel()
 	for _, id := range []string{"alice", "f47ac10b-58cc-4372-a567-0e02b2c3d479", "alice@example.org", "*", "a/b", "/x",
-		"user:1", "with space", "日本語", "a.b", "=+|-_", strings.Repeat("é", jobs.MaxUserIDLen/2)} {
+		"user:1", "with space", "日本語", "a.b", "=+|-_", strings.Repeat("é", spicedb.MaxUserIDLen/2)} {
 		checkSubjectID(t, id)
 	}
-	require.Equal(t, "alice", jobs.SubjectID("alice"))
-	require.Equal(t, "/YWxpY2VAZXhhbXBsZS5vcmc", jobs.SubjectID("alice@example.org"))
-	_, err := jobs.UserIDFromSubjectID("/YWxpY2U") // "alice", which is never encoded
+	require.Equal(t, "alice", spicedb.SubjectID("alice"))
+	require.Equal(t, "/YWxpY2VAZXhhbXBsZS5vcmc", spicedb.SubjectID("alice@example.org"))
+	_, err := spicedb.UserIDFromSubjectID("/YWxpY2U") // "alice", which is never encoded
 	require.Error(t, err)
-	_, err = jobs.UserIDFromSubjectID("a.b")
+	_, err = spicedb.UserIDFromSubjectID("a.b")
 	require.Error(t, err)
 }
 
@@ -51,7 +52,7 @@ func TestSubjectIDMatchesSQL(t *testing.T) {
 		}
 		var sqlSubject string
 		require.NoError(t, pool.QueryRow(context.Background(), "SELECT tether_subject_id($1)", id).Scan(&sqlSubject))
-		require.Equal(t, jobs.SubjectID(id), sqlSubject, "for %q", id)
+		require.Equal(t, spicedb.SubjectID(id), sqlSubject, "for %q", id)
 	}
 }
 
@@ -69,7 +70,7 @@ func FuzzSubjectID(f *testing.F) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, userID string) {
-		if userID == "" || len(userID) > jobs.MaxUserIDLen {
+		if userID == "" || len(userID) > spicedb.MaxUserIDLen {
 			return
 		}
 		checkSubjectID(t, userID)

@@ -17,6 +17,7 @@ import (
 	"github.com/tetherhq/tether/db/dbsqlc"
 	"github.com/tetherhq/tether/internal/keyring"
 	"github.com/tetherhq/tether/internal/oauthclient"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 // Job priorities: revocations never wait behind grants (River fetches by
@@ -29,12 +30,6 @@ const (
 // maxSyncAttempts is effectively unlimited: a transient SpiceDB outage must
 // never exhaust a sync job. Permanent errors cancel the job instead.
 const maxSyncAttempts = 100_000
-
-// Sync key kinds, as stored in sync_state.kind.
-const (
-	KeyKindConnection = "connection"
-	KeyKindPool       = "pool"
-)
 
 // SyncConnectionArgs names the sync key of one user's connection to one
 // provider. Ids only: never a token or a secret.
@@ -147,7 +142,7 @@ func priority(revoke bool) int {
 // Syncer holds what the sync workers share.
 type Syncer struct {
 	DB         *pgxpool.Pool
-	SpiceDB    *SpiceDB
+	SpiceDB    *spicedb.Client
 	Logger     *slog.Logger
 	MaxBackoff time.Duration
 	Metrics    *Metrics
@@ -166,7 +161,7 @@ type Syncer struct {
 // is required.
 type SyncerDeps struct {
 	DB         *pgxpool.Pool
-	SpiceDB    *SpiceDB
+	SpiceDB    *spicedb.Client
 	Logger     *slog.Logger
 	MaxBackoff time.Duration
 	Metrics    *Metrics
@@ -200,7 +195,7 @@ func NewSyncer(d SyncerDeps) (*Syncer, error) {
 
 // apply writes updates and fences key, group-committed when there is a
 // Batcher.
-func (s *Syncer) apply(ctx context.Context, key keyAt, updates []Update) applyResult {
+func (s *Syncer) apply(ctx context.Context, key keyAt, updates []spicedb.Update) applyResult {
 	if s.Batcher != nil {
 		return s.Batcher.Apply(ctx, key, updates)
 	}
@@ -221,7 +216,7 @@ func (w *ConnectionWorker) NextRetry(job *river.Job[SyncConnectionArgs]) time.Ti
 func (w *ConnectionWorker) Work(ctx context.Context, job *river.Job[SyncConnectionArgs]) error {
 	args := job.Args
 	keyID := ConnectionKeyID(args.ProviderID, args.UserID)
-	rel := Relationship{TypeOAuth2Client, args.ProviderID, RelConnected, TypeUser, SubjectID(args.UserID)}
+	rel := spicedb.Relationship{ResourceType: spicedb.TypeOAuth2Client, ResourceID: args.ProviderID, Relation: spicedb.RelConnected, SubjectType: spicedb.TypeUser, SubjectID: spicedb.SubjectID(args.UserID)}
 	return runFenced(ctx, w.Syncer, job.Attempt, KeyKindConnection, keyID, func(ctx context.Context) (syncPlan, error) {
 		desired, err := dbsqlc.New().SyncConnectionDesired(ctx, w.DB, &dbsqlc.SyncConnectionDesiredParams{
 			KeyID: keyID, ProviderID: args.ProviderID, UserID: args.UserID,
@@ -230,7 +225,7 @@ func (w *ConnectionWorker) Work(ctx context.Context, job *river.Job[SyncConnecti
 			return syncPlan{}, fmt.Errorf("error reading connection state: %w", err)
 		}
 		return syncPlan{generation: desired.Generation, changedAt: desired.ChangedAt, settled: desired.Settled,
-			updates: []Update{{Relationship: rel, Delete: !desired.Connected}}}, nil
+			updates: []spicedb.Update{{Relationship: rel, Delete: !desired.Connected}}}, nil
 	})
 }
 
@@ -254,29 +249,29 @@ func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) err
 		if err != nil {
 			return syncPlan{}, fmt.Errorf("error reading pool state: %w", err)
 		}
-		want := map[Relationship]bool{}
+		want := map[spicedb.Relationship]bool{}
 		if desired.PoolExists {
 			if desired.RemoteProviderID != nil {
-				want[Relationship{TypeResourcePool, resourceID, RelProvider, TypeOAuth2Client, *desired.RemoteProviderID}] = true
+				want[spicedb.Relationship{ResourceType: spicedb.TypeResourcePool, ResourceID: resourceID, Relation: spicedb.RelProvider, SubjectType: spicedb.TypeOAuth2Client, SubjectID: *desired.RemoteProviderID}] = true
 			}
 			if desired.Public {
-				want[Relationship{TypeResourcePool, resourceID, RelViewer, TypeUser, Wildcard}] = true
+				want[spicedb.Relationship{ResourceType: spicedb.TypeResourcePool, ResourceID: resourceID, Relation: spicedb.RelViewer, SubjectType: spicedb.TypeUser, SubjectID: spicedb.Wildcard}] = true
 			}
 			for _, subject := range desired.ViewerSubjectIds {
-				want[Relationship{TypeResourcePool, resourceID, RelViewer, TypeUser, subject}] = true
+				want[spicedb.Relationship{ResourceType: spicedb.TypeResourcePool, ResourceID: resourceID, Relation: spicedb.RelViewer, SubjectType: spicedb.TypeUser, SubjectID: subject}] = true
 			}
 		}
-		actual, err := w.SpiceDB.ReadResource(ctx, TypeResourcePool, resourceID)
+		actual, err := w.SpiceDB.ReadResource(ctx, spicedb.TypeResourcePool, resourceID)
 		if err != nil {
 			return syncPlan{}, err
 		}
-		updates := make([]Update, 0, len(want))
+		updates := make([]spicedb.Update, 0, len(want))
 		for rel := range want {
-			updates = append(updates, Update{Relationship: rel})
+			updates = append(updates, spicedb.Update{Relationship: rel})
 		}
 		for _, rel := range actual {
 			if !want[rel] {
-				updates = append(updates, Update{Relationship: rel, Delete: true})
+				updates = append(updates, spicedb.Update{Relationship: rel, Delete: true})
 			}
 		}
 		return syncPlan{generation: desired.Generation, changedAt: desired.ChangedAt, settled: desired.Settled, updates: updates}, nil
@@ -290,7 +285,7 @@ type syncPlan struct {
 	changedAt  time.Time
 	// settled: every committed change of the key is applied already.
 	settled bool
-	updates []Update
+	updates []spicedb.Update
 }
 
 // runFenced is the heart of the sync: read the key's desired relationships and
@@ -366,9 +361,9 @@ func fence(ctx context.Context, db *pgxpool.Pool, key keyAt, token string) (bool
 func (s *Syncer) failed(ctx context.Context, kind, keyID string, err error) error {
 	// An interrupted job (shutdown, timeout) is never a permanent failure,
 	// whatever error the interrupted call returned.
-	transient := IsTransient(err) || errors.Is(err, context.Canceled) || ctx.Err() != nil
+	transient := spicedb.IsTransient(err) || errors.Is(err, context.Canceled) || ctx.Err() != nil
 	s.Metrics.observeFailure(kind, transient)
-	msg := ScrubError(err)
+	msg := spicedb.ScrubError(err)
 	// A detached context: the job's context may be what just ended.
 	recordCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()

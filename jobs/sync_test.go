@@ -19,6 +19,7 @@ import (
 	"github.com/tetherhq/tether/internal/config"
 	"github.com/tetherhq/tether/internal/devtools/testenv"
 	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 // The bad interleaving, forced: job J1 reads "connected" and stalls before its
@@ -65,7 +66,7 @@ func TestSpiceDBOutage(t *testing.T) {
 	ctx := context.Background()
 	proc := testenv.StartSpiceDBProcess(t, true)
 	tt := testenv.StartTether(t, testenv.TetherOpts{
-		SpiceDB: func(c *jobs.SpiceDBConfig) { *c = proc.Config() },
+		SpiceDB: func(c *spicedb.Config) { *c = proc.Config() },
 		Client:  func(c *jobs.ClientConfig) { c.MaxWorkers = 50 },
 		Config:  func(c *config.Config) { c.RetryMaxBackoff = 10 * time.Second }, // the production default
 	})
@@ -115,7 +116,7 @@ func TestSpiceDBWiped(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	proc := testenv.StartSpiceDBProcess(t, false)
-	tt := testenv.StartTether(t, testenv.TetherOpts{SpiceDB: func(c *jobs.SpiceDBConfig) { *c = proc.Config() }})
+	tt := testenv.StartTether(t, testenv.TetherOpts{SpiceDB: func(c *spicedb.Config) { *c = proc.Config() }})
 	tt.Provider(t, "gitlab")
 	pool := tt.Pool(t, "gpu", "gitlab", false)
 	public := tt.Pool(t, "public", "", true)
@@ -132,7 +133,7 @@ func TestSpiceDBWiped(t *testing.T) {
 	proc.Start() // empty: no schema, no relationships
 	state, err := tt.SpiceDB.CheckSchema(ctx)
 	require.NoError(t, err)
-	require.Equal(t, jobs.SchemaMissing, state)
+	require.Equal(t, spicedb.SchemaMissing, state)
 
 	tt.Connect(t, "late", "gitlab")
 	keyID := jobs.ConnectionKeyID("gitlab", "late")
@@ -173,9 +174,9 @@ func TestReconcileRepairsManualEdits(t *testing.T) {
 	tt.Connect(t, "alice", "gitlab")
 	tt.WaitSynced(t, 15*time.Second)
 
-	_, err := tt.SpiceDB.Write(ctx, []jobs.Update{
-		{Relationship: jobs.Relationship{ResourceType: "resource_pool", ResourceID: fmt.Sprint(pool.ID), Relation: "viewer", SubjectType: "user", SubjectID: "mallory"}},
-		{Relationship: jobs.Relationship{ResourceType: "resource_pool", ResourceID: fmt.Sprint(pool.ID), Relation: "provider", SubjectType: "oauth2_client", SubjectID: "gitlab"}, Delete: true},
+	_, err := tt.SpiceDB.Write(ctx, []spicedb.Update{
+		{Relationship: spicedb.Relationship{ResourceType: "resource_pool", ResourceID: fmt.Sprint(pool.ID), Relation: "viewer", SubjectType: "user", SubjectID: "mallory"}},
+		{Relationship: spicedb.Relationship{ResourceType: "resource_pool", ResourceID: fmt.Sprint(pool.ID), Relation: "provider", SubjectType: "oauth2_client", SubjectID: "gitlab"}, Delete: true},
 	})
 	require.NoError(t, err)
 	require.True(t, tt.CanView(t, "mallory", pool.ID))
@@ -283,7 +284,7 @@ func helperWorker() int {
 		}
 		return invoker(ctx, method, req, reply, cc, opts...)
 	})
-	stop, err := testenv.RunWorker(ctx, os.Getenv("HELPER_DATABASE_URL"), jobs.SpiceDBConfig{
+	stop, err := testenv.RunWorker(ctx, os.Getenv("HELPER_DATABASE_URL"), spicedb.Config{
 		Endpoint: os.Getenv("HELPER_SPICEDB_ENDPOINT"), Token: os.Getenv("HELPER_SPICEDB_TOKEN"), Insecure: true,
 		DialOptions: []grpc.DialOption{block},
 	}, nil)
@@ -344,13 +345,13 @@ func TestFenceSkipsLockedKey(t *testing.T) {
 func startGated(t *testing.T) (*testenv.Tether, *gate) {
 	g := newGate(func(w *v1.WriteRelationshipsRequest) bool {
 		for _, u := range w.GetUpdates() {
-			if u.GetOperation() == v1.RelationshipUpdate_OPERATION_TOUCH && u.GetRelationship().GetRelation() == jobs.RelConnected {
+			if u.GetOperation() == v1.RelationshipUpdate_OPERATION_TOUCH && u.GetRelationship().GetRelation() == spicedb.RelConnected {
 				return true
 			}
 		}
 		return false
 	})
-	tt := testenv.StartTether(t, testenv.TetherOpts{SpiceDB: func(c *jobs.SpiceDBConfig) {
+	tt := testenv.StartTether(t, testenv.TetherOpts{SpiceDB: func(c *spicedb.Config) {
 		c.DialOptions = append(c.DialOptions, g.interceptor())
 	}})
 	return tt, g

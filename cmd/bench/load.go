@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tetherhq/tether/app"
-	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 var httpClient = &http.Client{
@@ -59,10 +59,10 @@ func (e *engine) bulkConnections(ctx context.Context, provider, prefix string, n
 		return nil, err
 	}
 	if project {
-		rels := make([]jobs.Update, len(out))
+		rels := make([]spicedb.Update, len(out))
 		for i, c := range out {
-			rels[i] = jobs.Update{Relationship: jobs.Relationship{ResourceType: jobs.TypeOAuth2Client, ResourceID: provider,
-				Relation: jobs.RelConnected, SubjectType: jobs.TypeUser, SubjectID: jobs.SubjectID(c.user)}}
+			rels[i] = spicedb.Update{Relationship: spicedb.Relationship{ResourceType: spicedb.TypeOAuth2Client, ResourceID: provider,
+				Relation: spicedb.RelConnected, SubjectType: spicedb.TypeUser, SubjectID: spicedb.SubjectID(c.user)}}
 		}
 		if err := e.bulkWrite(ctx, rels); err != nil {
 			return nil, err
@@ -81,10 +81,10 @@ func (e *engine) bulkPools(ctx context.Context, provider string, n int) ([]int64
 	if err != nil {
 		return nil, err
 	}
-	rels := make([]jobs.Update, len(ids))
+	rels := make([]spicedb.Update, len(ids))
 	for i, id := range ids {
-		rels[i] = jobs.Update{Relationship: jobs.Relationship{ResourceType: jobs.TypeResourcePool, ResourceID: fmt.Sprint(id),
-			Relation: jobs.RelProvider, SubjectType: jobs.TypeOAuth2Client, SubjectID: provider}}
+		rels[i] = spicedb.Update{Relationship: spicedb.Relationship{ResourceType: spicedb.TypeResourcePool, ResourceID: fmt.Sprint(id),
+			Relation: spicedb.RelProvider, SubjectType: spicedb.TypeOAuth2Client, SubjectID: provider}}
 	}
 	if err := e.bulkWrite(ctx, rels); err != nil {
 		return nil, err
@@ -120,11 +120,11 @@ func (e *engine) analyze(ctx context.Context) error {
 }
 
 // bulkWrite writes relationships 1,000 per call, four calls at a time.
-func (e *engine) bulkWrite(ctx context.Context, updates []jobs.Update) error {
+func (e *engine) bulkWrite(ctx context.Context, updates []spicedb.Update) error {
 	var wg sync.WaitGroup
 	var firstErr atomic.Value
 	sem := make(chan struct{}, 4)
-	for chunk := range slices.Chunk(updates, jobs.MaxUpdatesPerWrite) {
+	for chunk := range slices.Chunk(updates, spicedb.MaxUpdatesPerWrite) {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tetherhq/tether/app"
 	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 // 1. The write path against the database's own ceiling: HTTP disconnects
@@ -198,16 +199,16 @@ func openLoad(ctx context.Context, e *engine, provider string, poolID int64, pre
 	return a, nil
 }
 
-func canView(ctx context.Context, spice *jobs.SpiceDB, user string, poolID int64, token string) bool {
+func canView(ctx context.Context, spice *spicedb.Client, user string, poolID int64, token string) bool {
 	consistency := &v1.Consistency{Requirement: &v1.Consistency_FullyConsistent{FullyConsistent: true}}
 	if token != "" {
 		consistency = &v1.Consistency{Requirement: &v1.Consistency_AtLeastAsFresh{AtLeastAsFresh: &v1.ZedToken{Token: token}}}
 	}
-	resp, err := spice.Client().CheckPermission(ctx, &v1.CheckPermissionRequest{
+	resp, err := spice.Authzed().CheckPermission(ctx, &v1.CheckPermissionRequest{
 		Consistency: consistency,
-		Resource:    &v1.ObjectReference{ObjectType: jobs.TypeResourcePool, ObjectId: fmt.Sprint(poolID)},
-		Permission:  jobs.PermissionView,
-		Subject:     &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: jobs.TypeUser, ObjectId: jobs.SubjectID(user)}},
+		Resource:    &v1.ObjectReference{ObjectType: spicedb.TypeResourcePool, ObjectId: fmt.Sprint(poolID)},
+		Permission:  spicedb.PermissionView,
+		Subject:     &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: spicedb.TypeUser, ObjectId: spicedb.SubjectID(user)}},
 	})
 	return err == nil && resp.GetPermissionship() == v1.CheckPermissionResponse_PERMISSIONSHIP_HAS_PERMISSION
 }
@@ -338,8 +339,8 @@ func scenarioFlat(ctx context.Context, b *bench) ([]Metric, error) {
 				return nil, err
 			}
 			for _, pool := range pools {
-				if _, err := e.spice.Write(ctx, []jobs.Update{{Delete: true, Relationship: jobs.Relationship{ResourceType: jobs.TypeResourcePool,
-					ResourceID: fmt.Sprint(pool), Relation: jobs.RelViewer, SubjectType: jobs.TypeUser, SubjectID: jobs.SubjectID(c.user)}}}); err != nil {
+				if _, err := e.spice.Write(ctx, []spicedb.Update{{Delete: true, Relationship: spicedb.Relationship{ResourceType: spicedb.TypeResourcePool,
+					ResourceID: fmt.Sprint(pool), Relation: spicedb.RelViewer, SubjectType: spicedb.TypeUser, SubjectID: spicedb.SubjectID(c.user)}}}); err != nil {
 					return nil, err
 				}
 			}
@@ -467,12 +468,12 @@ func scenarioRelink(ctx context.Context, b *bench) ([]Metric, error) {
 	// grant the new provider's users — here 100,000 deletes, generously in
 	// 1,000-update calls.
 	start := time.Now()
-	updates := make([]jobs.Update, len(conns))
+	updates := make([]spicedb.Update, len(conns))
 	for i, c := range conns {
-		updates[i] = jobs.Update{Delete: true, Relationship: jobs.Relationship{ResourceType: jobs.TypeResourcePool, ResourceID: fmt.Sprint(pool.ID),
-			Relation: jobs.RelViewer, SubjectType: jobs.TypeUser, SubjectID: jobs.SubjectID(c.user)}}
+		updates[i] = spicedb.Update{Delete: true, Relationship: spicedb.Relationship{ResourceType: spicedb.TypeResourcePool, ResourceID: fmt.Sprint(pool.ID),
+			Relation: spicedb.RelViewer, SubjectType: spicedb.TypeUser, SubjectID: spicedb.SubjectID(c.user)}}
 	}
-	for chunk := range slices.Chunk(updates, jobs.MaxUpdatesPerWrite) {
+	for chunk := range slices.Chunk(updates, spicedb.MaxUpdatesPerWrite) {
 		if _, err := e.spice.Write(ctx, chunk); err != nil {
 			return nil, err
 		}
@@ -579,10 +580,10 @@ func scenarioReconcile(ctx context.Context, b *bench) ([]Metric, error) {
 		return nil, err
 	}
 	// 1% drift: remove every hundredth connection relationship.
-	var drift []jobs.Update
+	var drift []spicedb.Update
 	for i := 1; i <= users; i += 100 {
-		drift = append(drift, jobs.Update{Delete: true, Relationship: jobs.Relationship{ResourceType: jobs.TypeOAuth2Client,
-			ResourceID: fmt.Sprintf("p%d", i%providers), Relation: jobs.RelConnected, SubjectType: jobs.TypeUser, SubjectID: fmt.Sprintf("user-%d", i)}})
+		drift = append(drift, spicedb.Update{Delete: true, Relationship: spicedb.Relationship{ResourceType: spicedb.TypeOAuth2Client,
+			ResourceID: fmt.Sprintf("p%d", i%providers), Relation: spicedb.RelConnected, SubjectType: spicedb.TypeUser, SubjectID: fmt.Sprintf("user-%d", i)}})
 	}
 	if err := e.bulkWrite(ctx, drift); err != nil {
 		return nil, err
@@ -599,7 +600,7 @@ func scenarioReconcile(ctx context.Context, b *bench) ([]Metric, error) {
 	// desired set — with nothing compared or written.
 	start := time.Now()
 	var exported int
-	if err := e.spice.Export(ctx, func(page []jobs.Relationship) error { exported += len(page); return nil }); err != nil {
+	if err := e.spice.Export(ctx, func(page []spicedb.Relationship) error { exported += len(page); return nil }); err != nil {
 		return nil, err
 	}
 	var desired int
@@ -720,8 +721,8 @@ func scenarioSpiceDBCeiling(ctx context.Context, b *bench) ([]Metric, error) {
 	defer e.close()
 	const d = 5 * time.Second
 	n, took, err := closedLoop(ctx, 8, d, 1<<30, func(i int) error {
-		_, err := e.spice.Write(ctx, []jobs.Update{{Relationship: jobs.Relationship{ResourceType: jobs.TypeOAuth2Client, ResourceID: "p",
-			Relation: jobs.RelConnected, SubjectType: jobs.TypeUser, SubjectID: fmt.Sprintf("c%d", i)}}})
+		_, err := e.spice.Write(ctx, []spicedb.Update{{Relationship: spicedb.Relationship{ResourceType: spicedb.TypeOAuth2Client, ResourceID: "p",
+			Relation: spicedb.RelConnected, SubjectType: spicedb.TypeUser, SubjectID: fmt.Sprintf("c%d", i)}}})
 		return err
 	})
 	if err != nil {
@@ -729,10 +730,10 @@ func scenarioSpiceDBCeiling(ctx context.Context, b *bench) ([]Metric, error) {
 	}
 	single := float64(n) / took.Seconds()
 	batches, took2, err := closedLoop(ctx, 2, d, 1<<30, func(i int) error {
-		updates := make([]jobs.Update, jobs.MaxUpdatesPerWrite)
+		updates := make([]spicedb.Update, spicedb.MaxUpdatesPerWrite)
 		for j := range updates {
-			updates[j] = jobs.Update{Relationship: jobs.Relationship{ResourceType: jobs.TypeOAuth2Client, ResourceID: "q",
-				Relation: jobs.RelConnected, SubjectType: jobs.TypeUser, SubjectID: fmt.Sprintf("b%d-%d", i, j)}}
+			updates[j] = spicedb.Update{Relationship: spicedb.Relationship{ResourceType: spicedb.TypeOAuth2Client, ResourceID: "q",
+				Relation: spicedb.RelConnected, SubjectType: spicedb.TypeUser, SubjectID: fmt.Sprintf("b%d-%d", i, j)}}
 		}
 		_, err := e.spice.Write(ctx, updates)
 		return err
@@ -740,7 +741,7 @@ func scenarioSpiceDBCeiling(ctx context.Context, b *bench) ([]Metric, error) {
 	if err != nil {
 		return nil, err
 	}
-	batched := float64(batches*jobs.MaxUpdatesPerWrite) / took2.Seconds()
+	batched := float64(batches*spicedb.MaxUpdatesPerWrite) / took2.Seconds()
 	b.spiceSingle, b.spiceBatched = single, batched
 	return []Metric{
 		{Name: "SpiceDB single-update writes/s (8 concurrent calls)", Value: single, Unit: "updates/s", Baseline: "1,000-update calls (2 concurrent)",

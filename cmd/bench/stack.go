@@ -24,6 +24,7 @@ import (
 	tengine "github.com/tetherhq/tether/internal/engine"
 	"github.com/tetherhq/tether/internal/keyring"
 	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 	"github.com/tetherhq/tether/migrations"
 )
 
@@ -177,8 +178,8 @@ func (p *spiceProcess) stop() {
 	}
 }
 
-func (p *spiceProcess) config() jobs.SpiceDBConfig {
-	return jobs.SpiceDBConfig{Endpoint: p.endpoint, Token: p.token, Insecure: true}
+func (p *spiceProcess) config() spicedb.Config {
+	return spicedb.Config{Endpoint: p.endpoint, Token: p.token, Insecure: true}
 }
 
 // engineOpts choose how a Tether engine is tuned.
@@ -197,7 +198,7 @@ type engine struct {
 	cfg        *config.Config
 	db         *pgxpool.Pool
 	dbURL      string
-	spice      *jobs.SpiceDB
+	spice      *spicedb.Client
 	proc       *spiceProcess
 	reconciler *jobs.Reconciler
 	river      *river.Client[pgx.Tx]

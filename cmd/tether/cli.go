@@ -12,7 +12,7 @@ import (
 
 	"github.com/tetherhq/tether/internal/config"
 	"github.com/tetherhq/tether/internal/engine"
-	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 const usage = `usage: tether <command> [flags]
@@ -110,7 +110,7 @@ func riverLogger(w io.Writer, level string) *slog.Logger {
 type deps struct {
 	cfg    *config.Config
 	pool   *pgxpool.Pool
-	spice  *jobs.SpiceDB
+	spice  *spicedb.Client
 	engine *engine.Engine
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/tetherhq/tether/internal/devtools/devstack"
 	"github.com/tetherhq/tether/internal/devtools/testenv"
 	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
@@ -31,8 +32,8 @@ type env map[string]string
 
 func (e env) getenv(name string) string { return e[name] }
 
-func (e env) spiceDB() jobs.SpiceDBConfig {
-	return jobs.SpiceDBConfig{Endpoint: e["TETHER_SPICEDB_ENDPOINT"], Token: e["TETHER_SPICEDB_TOKEN"], Insecure: true}
+func (e env) spiceDB() spicedb.Config {
+	return spicedb.Config{Endpoint: e["TETHER_SPICEDB_ENDPOINT"], Token: e["TETHER_SPICEDB_TOKEN"], Insecure: true}
 }
 
 // newEnv is a complete, valid configuration on dbURL and an empty SpiceDB
@@ -397,9 +398,9 @@ func TestReconcile(t *testing.T) {
 	require.Zero(t, report.Missing)
 	require.Zero(t, report.Extra)
 
-	stray := jobs.Relationship{ResourceType: jobs.TypeResourcePool, ResourceID: "1", Relation: jobs.RelViewer,
-		SubjectType: jobs.TypeUser, SubjectID: "mallory"}
-	_, err := spice.Write(context.Background(), []jobs.Update{{Relationship: stray}})
+	stray := spicedb.Relationship{ResourceType: spicedb.TypeResourcePool, ResourceID: "1", Relation: spicedb.RelViewer,
+		SubjectType: spicedb.TypeUser, SubjectID: "mallory"}
+	_, err := spice.Write(context.Background(), []spicedb.Update{{Relationship: stray}})
 	require.NoError(t, err)
 
 	report = dryRun(2)
@@ -424,7 +425,7 @@ func TestReconcile(t *testing.T) {
 	report = dryRun(0)
 	require.Zero(t, report.Extra)
 	require.Zero(t, report.Actual)
-	rels, err := spice.ReadResource(context.Background(), jobs.TypeResourcePool, "1")
+	rels, err := spice.ReadResource(context.Background(), spicedb.TypeResourcePool, "1")
 	require.NoError(t, err)
 	require.Empty(t, rels)
 }

@@ -7,7 +7,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/tetherhq/tether/internal/config"
-	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 	"github.com/tetherhq/tether/migrations"
 )
 
@@ -40,7 +40,7 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 		if err != nil {
 			return err
 		}
-		if state != jobs.SchemaCurrent {
+		if state != spicedb.SchemaCurrent {
 			if err := spice.WriteSchema(ctx); err != nil {
 				return err
 			}
@@ -77,7 +77,7 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", c.Name, c.Current, c.Latest, st)
 	}
 	st := "up to date"
-	if state != jobs.SchemaCurrent {
+	if state != spicedb.SchemaCurrent {
 		st = state.String() + ": run tether migrate up"
 	}
 	fmt.Fprintf(tw, "spicedb: schema\t-\t-\t%s\n", st)

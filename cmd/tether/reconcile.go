@@ -15,6 +15,7 @@ import (
 	"github.com/tetherhq/tether/internal/config"
 	"github.com/tetherhq/tether/internal/engine"
 	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 func runReconcile(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -64,7 +65,7 @@ func runReconcile(ctx context.Context, args []string, getenv func(string) string
 			return err
 		}
 	}
-	if *dryRun && (report.Drift() > 0 || report.Schema != jobs.SchemaCurrent.String()) {
+	if *dryRun && (report.Drift() > 0 || report.Schema != spicedb.SchemaCurrent.String()) {
 		return &exitError{code: 2, err: fmt.Errorf("drift found: %d missing, %d extra, schema %s", report.Missing, report.Extra, report.Schema)}
 	}
 	return nil

@@ -13,7 +13,7 @@ import (
 
 	"github.com/tetherhq/tether/db/dbsqlc"
 	"github.com/tetherhq/tether/internal/config"
-	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 	"github.com/tetherhq/tether/migrations"
 )
 
@@ -48,7 +48,7 @@ func runStatus(ctx context.Context, getenv func(string) string, stdout io.Writer
 	}
 	schema, err := spice.CheckSchema(ctx)
 	if err != nil {
-		fmt.Fprintf(tw, "  spicedb: schema\t\tunreachable: %s\n", jobs.ScrubError(err))
+		fmt.Fprintf(tw, "  spicedb: schema\t\tunreachable: %s\n", spicedb.ScrubError(err))
 	} else {
 		fmt.Fprintf(tw, "  spicedb: schema\t\t%s\n", schema)
 	}

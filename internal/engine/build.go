@@ -17,6 +17,7 @@ import (
 	"github.com/tetherhq/tether/internal/keyring"
 	"github.com/tetherhq/tether/internal/oauthclient"
 	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 	"github.com/tetherhq/tether/migrations"
 )
 
@@ -50,18 +51,18 @@ func (e *Engine) connect(ctx context.Context) error {
 			return err
 		}
 	}
-	spiceCfg := jobs.SpiceDBConfig{Endpoint: cfg.SpiceDBEndpoint, Token: cfg.SpiceDBToken, Insecure: cfg.SpiceDBInsecure}
+	spiceCfg := spicedb.Config{Endpoint: cfg.SpiceDBEndpoint, Token: cfg.SpiceDBToken, Insecure: cfg.SpiceDBInsecure}
 	if e.opts.SpiceDB != nil {
 		e.opts.SpiceDB(&spiceCfg)
 	}
-	if e.SpiceDB, err = jobs.NewSpiceDB(spiceCfg); err != nil {
+	if e.SpiceDB, err = spicedb.New(spiceCfg); err != nil {
 		return &config.Error{Variable: "TETHER_SPICEDB_ENDPOINT", Problem: err.Error()}
 	}
 	e.closers = append(e.closers, func() { _ = e.SpiceDB.Close() })
 	if e.opts.CheckSpiceDB {
 		if _, err := e.SpiceDB.CheckSchema(pingCtx); err != nil {
 			return &config.Error{Variable: "TETHER_SPICEDB_ENDPOINT",
-				Problem: "cannot reach SpiceDB at " + spiceCfg.Endpoint + ": " + jobs.ScrubError(err)}
+				Problem: "cannot reach SpiceDB at " + spiceCfg.Endpoint + ": " + spicedb.ScrubError(err)}
 		}
 	}
 	return nil

@@ -26,6 +26,7 @@ import (
 	"github.com/tetherhq/tether/internal/config"
 	"github.com/tetherhq/tether/internal/keyring"
 	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 // Role says what a process runs.
@@ -78,7 +79,7 @@ type Options struct {
 	// PoolConfig and SpiceDB adjust the connections (tests inject SpiceDB
 	// faults through dial options; the bench sizes the pool).
 	PoolConfig func(*pgxpool.Config)
-	SpiceDB    func(*jobs.SpiceDBConfig)
+	SpiceDB    func(*spicedb.Config)
 	// Client adjusts the River client (tests shorten timings).
 	Client func(*jobs.ClientConfig)
 	// OnApplied observes every applied change (the bench times the pipeline).
@@ -98,7 +99,7 @@ type Engine struct {
 	Logger     *slog.Logger
 	Registry   *prometheus.Registry
 	DB         *pgxpool.Pool
-	SpiceDB    *jobs.SpiceDB
+	SpiceDB    *spicedb.Client
 	Metrics    *jobs.Metrics
 	Keys       *keyring.Ring
 	Syncer     *jobs.Syncer

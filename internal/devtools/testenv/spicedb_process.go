@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tetherhq/tether/internal/devtools/devstack"
-	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 // SpiceDBProcess is a SpiceDB server of the test's own, which the test can
@@ -71,8 +71,8 @@ func StartSpiceDBProcess(tb testing.TB, onPostgres bool) *SpiceDBProcess {
 }
 
 // Config returns a client configuration for this server.
-func (p *SpiceDBProcess) Config() jobs.SpiceDBConfig {
-	return jobs.SpiceDBConfig{Endpoint: p.endpoint, Token: p.token, Insecure: true}
+func (p *SpiceDBProcess) Config() spicedb.Config {
+	return spicedb.Config{Endpoint: p.endpoint, Token: p.token, Insecure: true}
 }
 
 // Start starts the server (again) and waits until it accepts connections.

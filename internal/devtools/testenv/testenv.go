@@ -22,7 +22,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tetherhq/tether/internal/devtools/devstack"
-	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 	"github.com/tetherhq/tether/migrations"
 )
 
@@ -199,15 +199,15 @@ func Pool(tb testing.TB) *pgxpool.Pool {
 
 // SpiceDBConfig returns the configuration of an empty SpiceDB store of the
 // test's own (serve-testing keeps one store per bearer token).
-func SpiceDBConfig(tb testing.TB) jobs.SpiceDBConfig {
+func SpiceDBConfig(tb testing.TB) spicedb.Config {
 	tb.Helper()
-	return jobs.SpiceDBConfig{Endpoint: spiceDBEndpoint, Token: "t" + devstack.RandomSecret(), Insecure: true}
+	return spicedb.Config{Endpoint: spiceDBEndpoint, Token: "t" + devstack.RandomSecret(), Insecure: true}
 }
 
 // SpiceDB returns a client of a fresh store with Tether's schema written.
-func SpiceDB(tb testing.TB, cfg jobs.SpiceDBConfig) *jobs.SpiceDB {
+func SpiceDB(tb testing.TB, cfg spicedb.Config) *spicedb.Client {
 	tb.Helper()
-	s, err := jobs.NewSpiceDB(cfg)
+	s, err := spicedb.New(cfg)
 	if err != nil {
 		tb.Fatalf("testenv: %v", err)
 	}

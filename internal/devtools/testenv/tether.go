@@ -22,6 +22,7 @@ import (
 	"github.com/tetherhq/tether/internal/engine"
 	"github.com/tetherhq/tether/internal/keyring"
 	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 // T is the part of testing.TB the engine helpers need; *rapid.T has it too.
@@ -35,7 +36,7 @@ type T interface {
 // test's own database and SpiceDB store, with its HTTP API served on URL.
 type Tether struct {
 	*engine.Engine
-	SpiceConfig jobs.SpiceDBConfig
+	SpiceConfig spicedb.Config
 	// URL is the base URL of the engine's HTTP server (TETHER_PUBLIC_URL).
 	URL  string
 	opts TetherOpts
@@ -53,7 +54,7 @@ type TetherOpts struct {
 	// Client overrides parts of the River configuration.
 	Client func(*jobs.ClientConfig)
 	// SpiceDB adds dial options, e.g. fault injection.
-	SpiceDB func(*jobs.SpiceDBConfig)
+	SpiceDB func(*spicedb.Config)
 	// Logger receives the engine's logs (River's included); default: none.
 	Logger *slog.Logger
 	// NoBatching writes each job's updates on their own instead of group
@@ -104,7 +105,7 @@ func StartTether(tb testing.TB, opts TetherOpts) *Tether {
 
 // testConfig is the configuration of a test engine: production's defaults,
 // the test's stores, short backoffs, no periodic reconcile.
-func testConfig(tb testing.TB, opts TetherOpts, spiceCfg jobs.SpiceDBConfig, publicURL string) *config.Config {
+func testConfig(tb testing.TB, opts TetherOpts, spiceCfg spicedb.Config, publicURL string) *config.Config {
 	tb.Helper()
 	keys, err := keyring.Parse(TestKeyRing)
 	if err != nil {
@@ -134,7 +135,7 @@ func testConfig(tb testing.TB, opts TetherOpts, spiceCfg jobs.SpiceDBConfig, pub
 
 // startEngine builds and starts an engine for role; it stops when the test
 // ends, cancelling running jobs.
-func startEngine(tb testing.TB, cfg *config.Config, opts TetherOpts, role engine.Role, spiceCfg jobs.SpiceDBConfig) *engine.Engine {
+func startEngine(tb testing.TB, cfg *config.Config, opts TetherOpts, role engine.Role, spiceCfg spicedb.Config) *engine.Engine {
 	tb.Helper()
 	logger := opts.Logger
 	if logger == nil {
@@ -145,7 +146,7 @@ func startEngine(tb testing.TB, cfg *config.Config, opts TetherOpts, role engine
 	}
 	e, err := engine.New(context.Background(), cfg, engine.Options{
 		Role: role, Logger: logger, CancelJobsOnStop: true, OAuthTimeout: 5 * time.Second, Client: opts.Client,
-		SpiceDB: func(c *jobs.SpiceDBConfig) { c.DialOptions = spiceCfg.DialOptions },
+		SpiceDB: func(c *spicedb.Config) { c.DialOptions = spiceCfg.DialOptions },
 	})
 	if err != nil {
 		tb.Fatalf("testenv: %v", err)
@@ -197,11 +198,11 @@ func (tt *Tether) WaitSynced(tb T, timeout time.Duration) {
 // CanView asks SpiceDB, fully consistent, whether user may view pool.
 func (tt *Tether) CanView(tb T, userID string, poolID int64) bool {
 	tb.Helper()
-	resp, err := tt.SpiceDB.Client().CheckPermission(context.Background(), &v1.CheckPermissionRequest{
+	resp, err := tt.SpiceDB.Authzed().CheckPermission(context.Background(), &v1.CheckPermissionRequest{
 		Consistency: &v1.Consistency{Requirement: &v1.Consistency_FullyConsistent{FullyConsistent: true}},
-		Resource:    &v1.ObjectReference{ObjectType: jobs.TypeResourcePool, ObjectId: strconv.FormatInt(poolID, 10)},
-		Permission:  jobs.PermissionView,
-		Subject:     &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: jobs.TypeUser, ObjectId: jobs.SubjectID(userID)}},
+		Resource:    &v1.ObjectReference{ObjectType: spicedb.TypeResourcePool, ObjectId: strconv.FormatInt(poolID, 10)},
+		Permission:  spicedb.PermissionView,
+		Subject:     &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: spicedb.TypeUser, ObjectId: spicedb.SubjectID(userID)}},
 	})
 	if err != nil {
 		tb.Fatalf("error checking permission: %v", err)
@@ -213,7 +214,7 @@ func (tt *Tether) CanView(tb T, userID string, poolID int64) bool {
 func (tt *Tether) Relationships(tb T) []string {
 	tb.Helper()
 	var out []string
-	err := tt.SpiceDB.Export(context.Background(), func(page []jobs.Relationship) error {
+	err := tt.SpiceDB.Export(context.Background(), func(page []spicedb.Relationship) error {
 		for _, r := range page {
 			out = append(out, r.String())
 		}
@@ -237,7 +238,7 @@ func (tt *Tether) DesiredRelationships(tb T) []string {
 	defer rows.Close()
 	var out []string
 	for rows.Next() {
-		var r jobs.Relationship
+		var r spicedb.Relationship
 		if err := rows.Scan(&r.ResourceType, &r.ResourceID, &r.Relation, &r.SubjectType, &r.SubjectID); err != nil {
 			tb.Fatal(err)
 		}
@@ -317,7 +318,7 @@ func AttachWorkers(tb testing.TB, tt *Tether, tune func(*jobs.ClientConfig)) *ri
 
 // RunWorker runs a worker engine outside any test (a helper process a test
 // kills): production's wiring, batching on, with spiceCfg's dial options.
-func RunWorker(ctx context.Context, databaseURL string, spiceCfg jobs.SpiceDBConfig, tune func(*config.Config)) (stop func(), err error) {
+func RunWorker(ctx context.Context, databaseURL string, spiceCfg spicedb.Config, tune func(*config.Config)) (stop func(), err error) {
 	cfg := config.Defaults()
 	cfg.DatabaseURL = databaseURL
 	cfg.SpiceDBEndpoint, cfg.SpiceDBToken, cfg.SpiceDBInsecure = spiceCfg.Endpoint, spiceCfg.Token, spiceCfg.Insecure
@@ -330,7 +331,7 @@ func RunWorker(ctx context.Context, databaseURL string, spiceCfg jobs.SpiceDBCon
 		tune(&cfg)
 	}
 	e, err := engine.New(ctx, &cfg, engine.Options{Role: engine.RoleWorker,
-		SpiceDB: func(c *jobs.SpiceDBConfig) { c.DialOptions = spiceCfg.DialOptions }})
+		SpiceDB: func(c *spicedb.Config) { c.DialOptions = spiceCfg.DialOptions }})
 	if err != nil {
 		return nil, err
 	}

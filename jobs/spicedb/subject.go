@@ -1,4 +1,4 @@
-package jobs
+package spicedb
 
 import (
 	"encoding/base64"
@@ -62,10 +62,4 @@ func isPlainSubject(s string) bool {
 		}
 	}
 	return true
-}
-
-// ConnectionKeyID is the sync key of a user's connection to a provider. Provider
-// ids are slugs without '/', so the first '/' separates the two parts.
-func ConnectionKeyID(providerID, userID string) string {
-	return providerID + "/" + SubjectID(userID)
 }

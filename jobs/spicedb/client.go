@@ -1,4 +1,8 @@
-package jobs
+// Package spicedb is Tether's client of SpiceDB: the schema it owns, the
+// relationships and updates it writes, how it reads them back, the error
+// classes its callers act on (transient, schema missing), and the reversible
+// encoding of user ids into SpiceDB object ids.
+package spicedb
 
 import (
 	"cmp"
@@ -52,8 +56,8 @@ const (
 // WriteRelationships call.
 const MaxUpdatesPerWrite = 1000
 
-// SpiceDBConfig says how to reach SpiceDB.
-type SpiceDBConfig struct {
+// Config says how to reach SpiceDB.
+type Config struct {
 	Endpoint string
 	Token    string
 	Insecure bool
@@ -62,12 +66,12 @@ type SpiceDBConfig struct {
 }
 
 // SpiceDB is Tether's client of SpiceDB: the projection it writes.
-type SpiceDB struct {
+type Client struct {
 	client *authzed.Client
 }
 
-// NewSpiceDB connects lazily (gRPC dials on first use).
-func NewSpiceDB(cfg SpiceDBConfig) (*SpiceDB, error) {
+// New connects lazily (gRPC dials on first use).
+func New(cfg Config) (*Client, error) {
 	opts := []grpc.DialOption{}
 	if cfg.Insecure {
 		opts = append(opts,
@@ -91,14 +95,14 @@ func NewSpiceDB(cfg SpiceDBConfig) (*SpiceDB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("error creating SpiceDB client for %q: %w", cfg.Endpoint, err)
 	}
-	return &SpiceDB{client: client}, nil
+	return &Client{client: client}, nil
 }
 
 // Client exposes the underlying client for reads (checks, lookups) in tests and tools.
-func (s *SpiceDB) Client() *authzed.Client { return s.client }
+func (s *Client) Authzed() *authzed.Client { return s.client }
 
 // Close closes the connection.
-func (s *SpiceDB) Close() error { return s.client.Close() }
+func (s *Client) Close() error { return s.client.Close() }
 
 var fullyConsistent = &v1.Consistency{Requirement: &v1.Consistency_FullyConsistent{FullyConsistent: true}}
 
@@ -123,7 +127,7 @@ func (s SchemaState) String() string {
 }
 
 // CheckSchema compares SpiceDB's schema with Schema, ignoring white space.
-func (s *SpiceDB) CheckSchema(ctx context.Context) (SchemaState, error) {
+func (s *Client) CheckSchema(ctx context.Context) (SchemaState, error) {
 	resp, err := s.client.ReadSchema(ctx, &v1.ReadSchemaRequest{})
 	if err != nil {
 		if status.Code(err) == codes.NotFound {
@@ -149,7 +153,7 @@ func normalizeSchema(s string) string {
 }
 
 // WriteSchema writes Schema.
-func (s *SpiceDB) WriteSchema(ctx context.Context) error {
+func (s *Client) WriteSchema(ctx context.Context) error {
 	if _, err := s.client.WriteSchema(ctx, &v1.WriteSchemaRequest{Schema: Schema}); err != nil {
 		return fmt.Errorf("error writing SpiceDB schema: %w", err)
 	}
@@ -210,8 +214,8 @@ type Update struct {
 // request that names a relationship twice; the last update wins). It returns
 // the ZedToken of the last call. TOUCH and DELETE are idempotent, so a failed
 // call can simply be retried.
-func (s *SpiceDB) Write(ctx context.Context, updates []Update) (string, error) {
-	updates = normalizeUpdates(updates)
+func (s *Client) Write(ctx context.Context, updates []Update) (string, error) {
+	updates = NormalizeUpdates(updates)
 	var token string
 	for chunk := range slices.Chunk(updates, MaxUpdatesPerWrite) {
 		req := &v1.WriteRelationshipsRequest{Updates: make([]*v1.RelationshipUpdate, len(chunk))}
@@ -231,7 +235,7 @@ func (s *SpiceDB) Write(ctx context.Context, updates []Update) (string, error) {
 	return token, nil
 }
 
-func normalizeUpdates(updates []Update) []Update {
+func NormalizeUpdates(updates []Update) []Update {
 	sorted := slices.Clone(updates)
 	// Stable, so that among updates of one relationship the last one given
 	// stays last and wins below.
@@ -248,7 +252,7 @@ func normalizeUpdates(updates []Update) []Update {
 }
 
 // ReadResource returns every relationship of one resource, fully consistent.
-func (s *SpiceDB) ReadResource(ctx context.Context, resourceType, resourceID string) ([]Relationship, error) {
+func (s *Client) ReadResource(ctx context.Context, resourceType, resourceID string) ([]Relationship, error) {
 	stream, err := s.client.ReadRelationships(ctx, &v1.ReadRelationshipsRequest{
 		Consistency:        fullyConsistent,
 		RelationshipFilter: &v1.RelationshipFilter{ResourceType: resourceType, OptionalResourceId: resourceID},
@@ -271,7 +275,7 @@ func (s *SpiceDB) ReadResource(ctx context.Context, resourceType, resourceID str
 
 // Export streams every relationship, fully consistent, a page at a time. The
 // page slice is reused between calls of fn.
-func (s *SpiceDB) Export(ctx context.Context, fn func(page []Relationship) error) error {
+func (s *Client) Export(ctx context.Context, fn func(page []Relationship) error) error {
 	stream, err := s.client.ExportBulkRelationships(ctx, &v1.ExportBulkRelationshipsRequest{
 		Consistency:   fullyConsistent,
 		OptionalLimit: 10_000,
@@ -305,7 +309,7 @@ func IsTransient(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) {
 		return true
 	}
-	st, ok := status.FromError(unwrapStatus(err))
+	st, ok := status.FromError(UnwrapStatus(err))
 	if !ok {
 		return true // a network error without a gRPC status
 	}
@@ -318,8 +322,8 @@ func IsTransient(err error) bool {
 	return false
 }
 
-// unwrapStatus finds the gRPC status error in a chain of wrapped errors.
-func unwrapStatus(err error) error {
+// UnwrapStatus finds the gRPC status error in a chain of wrapped errors.
+func UnwrapStatus(err error) error {
 	for e := err; e != nil; e = errors.Unwrap(e) {
 		if _, ok := e.(interface{ GRPCStatus() *status.Status }); ok {
 			return e
@@ -331,7 +335,7 @@ func unwrapStatus(err error) error {
 // IsSchemaMissing reports whether SpiceDB refused a call because it does not
 // know Tether's definitions, as after a store was wiped.
 func IsSchemaMissing(err error) bool {
-	st, ok := status.FromError(unwrapStatus(err))
+	st, ok := status.FromError(UnwrapStatus(err))
 	if !ok {
 		return false
 	}
@@ -351,7 +355,7 @@ func ScrubError(err error) string {
 		return ""
 	}
 	msg := err.Error()
-	if st, ok := status.FromError(unwrapStatus(err)); ok {
+	if st, ok := status.FromError(UnwrapStatus(err)); ok {
 		msg = st.Code().String() + ": " + st.Message()
 	}
 	if len(msg) > 300 {
