@@ -20,8 +20,7 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 		return err
 	}
 	defer d.close()
-	pool, spice := d.pool, d.spice
-	m, err := migrations.New(pool)
+	m, err := migrations.New(d.pool)
 	if err != nil {
 		return err
 	}
@@ -29,28 +28,7 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 
 	switch args[0] {
 	case "up":
-		applied, err := m.Up(ctx)
-		if err != nil {
-			return err
-		}
-		for _, a := range applied {
-			fmt.Fprintf(stdout, "applied %s\n", a)
-		}
-		state, err := spice.CheckSchema(ctx)
-		if err != nil {
-			return err
-		}
-		if state != spicedb.SchemaCurrent {
-			if err := spice.WriteSchema(ctx); err != nil {
-				return err
-			}
-			fmt.Fprintln(stdout, "applied spicedb schema")
-			applied = append(applied, "spicedb")
-		}
-		if len(applied) == 0 {
-			fmt.Fprintln(stdout, "everything is up to date")
-		}
-		return nil
+		return migrateUp(ctx, m, d.spice, stdout)
 	case "down":
 		rolledBack, err := m.Down(ctx)
 		if err != nil {
@@ -59,6 +37,40 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 		fmt.Fprintf(stdout, "rolled back %s\n", rolledBack)
 		return nil
 	}
+	return migrateStatus(ctx, m, d.spice, stdout)
+}
+
+// migrateUp applies Postgres's pending migrations (Tether's and River's),
+// then SpiceDB's schema unless it is already current: one command brings
+// both stores up to date.
+func migrateUp(ctx context.Context, m *migrations.Migrator, spice *spicedb.Client, stdout io.Writer) error {
+	applied, err := m.Up(ctx)
+	if err != nil {
+		return err
+	}
+	for _, a := range applied {
+		fmt.Fprintf(stdout, "applied %s\n", a)
+	}
+	state, err := spice.CheckSchema(ctx)
+	if err != nil {
+		return err
+	}
+	if state != spicedb.SchemaCurrent {
+		if err := spice.WriteSchema(ctx); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "applied spicedb schema")
+		applied = append(applied, "spicedb")
+	}
+	if len(applied) == 0 {
+		fmt.Fprintln(stdout, "everything is up to date")
+	}
+	return nil
+}
+
+// migrateStatus prints one row per migration component and one for
+// SpiceDB's schema, each saying what to run when it is behind.
+func migrateStatus(ctx context.Context, m *migrations.Migrator, spice *spicedb.Client, stdout io.Writer) error {
 	status, err := m.Status(ctx)
 	if err != nil {
 		return err
