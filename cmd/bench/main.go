@@ -57,6 +57,19 @@ type scenario struct {
 	run  func(ctx context.Context, b *bench) ([]Metric, error)
 }
 
+// scenarios are all of them, in the order they run: 4 compares with the raw
+// write ceiling that 1 measures.
+var scenarios = []scenario{
+	{"0", "SpiceDB's own write ceiling", scenarioSpiceDBCeiling},
+	{"1", "write path vs the database's ceiling", scenarioWritePath},
+	{"2", "time to consistency", scenarioConsistency},
+	{"3", "flat in the number of pools", scenarioFlat},
+	{"4", "sustained throughput", scenarioSustained},
+	{"5", "relink at scale", scenarioRelink},
+	{"6", "reconcile at scale", scenarioReconcile},
+	{"7", "heal after outage", scenarioHeal},
+}
+
 func run(ctx context.Context) error {
 	full := os.Getenv("BENCH_SCALE") == "full"
 	out := os.Getenv("BENCH_OUT")
@@ -79,44 +92,55 @@ func run(ctx context.Context) error {
 	}
 	defer b.close()
 	res := &Results{Machine: machineInfo(b), Scale: map[bool]string{true: "full", false: "default"}[full], Started: time.Now()}
-	only := map[string]bool{}
-	for _, id := range strings.Split(os.Getenv("BENCH_ONLY"), ",") {
-		if id = strings.TrimSpace(id); id != "" {
-			only[id] = true
-		}
-	}
-	for _, sc := range []scenario{
-		{"0", "SpiceDB's own write ceiling", scenarioSpiceDBCeiling},
-		{"1", "write path vs the database's ceiling", scenarioWritePath},
-		{"2", "time to consistency", scenarioConsistency},
-		{"3", "flat in the number of pools", scenarioFlat},
-		{"4", "sustained throughput", scenarioSustained},
-		{"5", "relink at scale", scenarioRelink},
-		{"6", "reconcile at scale", scenarioReconcile},
-		{"7", "heal after outage", scenarioHeal},
-	} {
+	only := onlyScenarios(os.Getenv("BENCH_ONLY"))
+	for _, sc := range scenarios {
 		if len(only) > 0 && !only[sc.id] {
 			continue
 		}
-		started := time.Now()
-		log.Printf("scenario %s: %s", sc.id, sc.name)
-		ms, err := sc.run(ctx, b)
-		if err != nil {
-			// Keep going: one broken scenario should not hide the others.
-			log.Printf("scenario %s (%s) failed: %v", sc.id, sc.name, err)
-			ms = []Metric{{Name: sc.name + ": FAILED", Notes: []string{err.Error()}, Pass: passIf(false)}}
-		}
-		for i := range ms {
-			ms[i].Name = sc.id + ". " + ms[i].Name
-		}
-		res.Metrics = append(res.Metrics, ms...)
-		log.Printf("scenario %s done in %s", sc.id, time.Since(started).Round(time.Second))
+		res.Metrics = append(res.Metrics, runScenario(ctx, b, sc)...)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 	}
 	res.Duration = time.Since(res.Started).Round(time.Second).String()
 	printTable(os.Stdout, res)
+	return writeResults(out, res, b.cdfs)
+}
+
+// onlyScenarios parses BENCH_ONLY, a comma-separated list of scenario ids;
+// empty means all.
+func onlyScenarios(list string) map[string]bool {
+	only := map[string]bool{}
+	for _, id := range strings.Split(list, ",") {
+		if id = strings.TrimSpace(id); id != "" {
+			only[id] = true
+		}
+	}
+	return only
+}
+
+// runScenario runs one scenario and returns its metrics, named with its id.
+// A failure becomes a failed metric: one broken scenario should not hide the
+// others.
+func runScenario(ctx context.Context, b *bench, sc scenario) []Metric {
+	started := time.Now()
+	log.Printf("scenario %s: %s", sc.id, sc.name)
+	metrics, err := sc.run(ctx, b)
+	if err != nil {
+		log.Printf("scenario %s (%s) failed: %v", sc.id, sc.name, err)
+		metrics = []Metric{{Name: sc.name + ": FAILED", Notes: []string{err.Error()}, Pass: passIf(false)}}
+	}
+	for i := range metrics {
+		metrics[i].Name = sc.id + ". " + metrics[i].Name
+	}
+	log.Printf("scenario %s done in %s", sc.id, time.Since(started).Round(time.Second))
+	return metrics
+}
+
+// writeResults writes res as indented JSON to out and, when a scenario
+// collected latency CDFs, their plot beside it (out without .json, plus
+// -cdf.svg).
+func writeResults(out string, res *Results, cdfs []cdfSeries) error {
 	f, err := os.Create(out)
 	if err != nil {
 		return err
@@ -130,8 +154,8 @@ func run(ctx context.Context) error {
 		return err
 	}
 	plot := strings.TrimSuffix(out, ".json") + "-cdf.svg"
-	if len(b.cdfs) > 0 {
-		if err := os.WriteFile(plot, renderCDF(b.cdfs), 0o644); err != nil {
+	if len(cdfs) > 0 {
+		if err := os.WriteFile(plot, renderCDF(cdfs), 0o644); err != nil {
 			return err
 		}
 		fmt.Printf("\nwrote %s and %s\n", out, plot)

@@ -36,37 +36,12 @@ func scenarioWritePath(ctx context.Context, b *bench) ([]Metric, error) {
 	chunks := slices.Collect(slices.Chunk(conns, perRun))
 	const d = 2 * time.Second
 	tether := func(c int, batch []conn) (float64, error) {
-		n, took, err := closedLoop(ctx, c, d, len(batch), func(i int) error {
-			return do(ctx, "DELETE", e.url+"/api/data/oauth2/connections/"+batch[i].id.String(), tokens[batch[i].user], "", 204)
+		return disconnectRate(ctx, c, d, batch, func(cn conn) error {
+			return do(ctx, "DELETE", e.url+"/api/data/oauth2/connections/"+cn.id.String(), tokens[cn.user], "", 204)
 		})
-		return float64(n) / took.Seconds(), err
 	}
 	raw := func(c int, batch []conn) (float64, error) {
-		n, took, err := closedLoop(ctx, c, d, len(batch), func(i int) error {
-			tx, err := e.db.Begin(ctx)
-			if err != nil {
-				return err
-			}
-			defer tx.Rollback(ctx)
-			var provider string
-			if err := tx.QueryRow(ctx, "DELETE FROM oauth2_connections WHERE id = $1 AND user_id = $2 RETURNING provider_id",
-				batch[i].id, batch[i].user).Scan(&provider); err != nil {
-				return err
-			}
-			key := jobs.ConnectionKeyID(provider, batch[i].user)
-			if _, err := tx.Exec(ctx, `INSERT INTO sync_state (kind, key_id, provider_id, user_id, generation, changed_at, pending_since, revoke_pending_since)
-				VALUES ('connection', $1, $2, $3, nextval('sync_generation_seq'), clock_timestamp(), now(), now())
-				ON CONFLICT (kind, key_id) DO UPDATE SET generation = EXCLUDED.generation, changed_at = clock_timestamp(),
-				pending_since = COALESCE(sync_state.pending_since, now()), revoke_pending_since = COALESCE(sync_state.revoke_pending_since, now())`,
-				key, provider, batch[i].user); err != nil {
-				return err
-			}
-			if _, err := e.river.InsertTx(ctx, tx, jobs.SyncConnectionArgs{ProviderID: provider, UserID: batch[i].user}, nil); err != nil {
-				return err
-			}
-			return tx.Commit(ctx)
-		})
-		return float64(n) / took.Seconds(), err
+		return disconnectRate(ctx, c, d, batch, func(cn conn) error { return rawDisconnect(ctx, e, cn) })
 	}
 	var out []Metric
 	for i, c := range []int{8, 32} {
@@ -94,4 +69,40 @@ func scenarioWritePath(ctx context.Context, b *bench) ([]Metric, error) {
 			Notes: []string{fmt.Sprintf("medians of %d interleaved %s rounds; Tether %.0f, raw %.0f req/s", rounds, d, ts, rs)}})
 	}
 	return out, nil
+}
+
+// disconnectRate disconnects batch's connections from c goroutines for d
+// and returns the rate, in disconnects a second.
+func disconnectRate(ctx context.Context, c int, d time.Duration, batch []conn, disconnect func(conn) error) (float64, error) {
+	n, took, err := closedLoop(ctx, c, d, len(batch), func(i int) error { return disconnect(batch[i]) })
+	return float64(n) / took.Seconds(), err
+}
+
+// rawDisconnect is the baseline's disconnect: the statements Tether's
+// disconnect runs — delete the row, mark the key changed, InsertTx its
+// job — in one transaction of a plain pgx program, with no HTTP, no
+// authentication and no service layer around it.
+func rawDisconnect(ctx context.Context, e *engine, c conn) error {
+	tx, err := e.db.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	var provider string
+	if err := tx.QueryRow(ctx, "DELETE FROM oauth2_connections WHERE id = $1 AND user_id = $2 RETURNING provider_id",
+		c.id, c.user).Scan(&provider); err != nil {
+		return err
+	}
+	key := jobs.ConnectionKeyID(provider, c.user)
+	if _, err := tx.Exec(ctx, `INSERT INTO sync_state (kind, key_id, provider_id, user_id, generation, changed_at, pending_since, revoke_pending_since)
+		VALUES ('connection', $1, $2, $3, nextval('sync_generation_seq'), clock_timestamp(), now(), now())
+		ON CONFLICT (kind, key_id) DO UPDATE SET generation = EXCLUDED.generation, changed_at = clock_timestamp(),
+		pending_since = COALESCE(sync_state.pending_since, now()), revoke_pending_since = COALESCE(sync_state.revoke_pending_since, now())`,
+		key, provider, c.user); err != nil {
+		return err
+	}
+	if _, err := e.river.InsertTx(ctx, tx, jobs.SyncConnectionArgs{ProviderID: provider, UserID: c.user}, nil); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
 }
