@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -19,8 +18,6 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -40,13 +37,9 @@ func main() {
 }
 
 func run(ctx context.Context) error {
-	duration := 5 * time.Minute
-	if v := os.Getenv("SOAK_DURATION"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return fmt.Errorf("SOAK_DURATION: %w", err)
-		}
-		duration = d
+	duration, err := soakDuration()
+	if err != nil {
+		return err
 	}
 	dir, err := os.MkdirTemp("", "tether-soak-*")
 	if err != nil {
@@ -59,176 +52,151 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer stack.Stop()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	srv, err := startServer(ctx, stack)
 	if err != nil {
 		return err
 	}
-	addr := l.Addr().String()
-	l.Close()
-	secret := devstack.RandomSecret()
-	env := append(os.Environ(), "TETHER_DATABASE_URL="+stack.DatabaseURL, "TETHER_SPICEDB_ENDPOINT="+stack.SpiceDBEndpoint,
-		"TETHER_SPICEDB_TOKEN="+stack.SpiceDBToken, "TETHER_SPICEDB_INSECURE=true", "TETHER_HTTP_ADDR="+addr,
-		"TETHER_AUTH_HMAC_SECRET="+secret, "TETHER_ENCRYPTION_KEYS=soak:"+devstack.StdBase64(devstack.RandomSecret()),
-		"TETHER_LOG_LEVEL=warn", "TETHER_RECONCILE_INTERVAL=1m")
-	tether := func(args ...string) *exec.Cmd {
-		cmd := exec.CommandContext(ctx, "bin/tether", args...)
-		cmd.Env = env
-		return cmd
-	}
-	if out, err := tether("migrate", "up").CombinedOutput(); err != nil {
-		return fmt.Errorf("migrate: %w\n%s", err, out)
-	}
-	server := tether("serve")
-	server.Stdout, server.Stderr = os.Stderr, os.Stderr
-	if err := server.Start(); err != nil {
-		return err
-	}
-	defer func() { _ = server.Process.Signal(syscall.SIGTERM); _ = server.Wait() }()
-	base := "http://" + addr
-	if err := waitHTTP(ctx, base+"/healthz"); err != nil {
-		return err
-	}
-	admin, err := app.SignDevToken([]byte(secret), "soak-admin", []string{"tether-admin"}, 24*time.Hour)
-	if err != nil {
-		return err
-	}
-	// Fixtures: two providers, pools linked to them, and connected users
-	// loaded straight into Postgres (connections are made by the OAuth2
-	// flow, which the browser tests cover).
-	for _, p := range []string{"alpha", "beta"} {
-		if code := call(ctx, "POST", base+"/api/data/oauth2/providers", admin, `{"id":"`+p+`","kind":"github","display_name":"`+p+`","client_id":"c"}`); code != 201 {
-			return fmt.Errorf("creating provider %s: %d", p, code)
-		}
-	}
-	for i := range 20 {
-		link := []string{"alpha", "beta", ""}[i%3]
-		remote := "null"
-		if link != "" {
-			remote = `{"provider_id":"` + link + `"}`
-		}
-		if code := call(ctx, "POST", base+"/api/data/resource_pools", admin, fmt.Sprintf(`{"name":"pool-%d","remote":%s,"public":%t}`, i, remote, i%7 == 0)); code != 201 {
-			return fmt.Errorf("creating pool: %d", code)
-		}
-	}
+	defer srv.stop()
 	pool, err := pgxpool.New(ctx, stack.DatabaseURL)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	const users = 200_000
-	if _, err := pool.Exec(ctx, `INSERT INTO oauth2_connections (user_id, provider_id, status)
-		SELECT 'u' || g, CASE WHEN g % 2 = 0 THEN 'alpha' ELSE 'beta' END, 'connected' FROM generate_series(1, $1) g`, users); err != nil {
-		return err
-	}
-	if out, err := tether("reconcile").CombinedOutput(); err != nil {
-		return fmt.Errorf("initial reconcile: %w\n%s", err, out)
-	}
-	ids, err := connectionIDs(ctx, pool)
+	conns, err := loadFixtures(ctx, srv, pool)
 	if err != nil {
 		return err
 	}
-
-	var requests, fivexx atomic.Int64
-	var nextConn atomic.Int64
-	tokens := sync.Map{}
-	token := func(user string) string {
-		if t, ok := tokens.Load(user); ok {
-			return t.(string)
-		}
-		t, _ := app.SignDevToken([]byte(secret), user, nil, 24*time.Hour)
-		tokens.Store(user, t)
-		return t
-	}
-	op := func(rng *rand.Rand) int {
-		switch r := rng.IntN(100); {
-		case r < 35: // disconnect
-			i := int(nextConn.Add(1)) % len(ids)
-			c := ids[i]
-			return call(ctx, "DELETE", base+"/api/data/oauth2/connections/"+c.id, token(c.user), "")
-		case r < 55:
-			return call(ctx, "GET", base+"/api/data/resource_pools", token(fmt.Sprintf("u%d", rng.IntN(users)+1)), "")
-		case r < 65:
-			return call(ctx, "GET", base+"/api/data/oauth2/connections", token(fmt.Sprintf("u%d", rng.IntN(users)+1)), "")
-		case r < 80:
-			return call(ctx, "POST", fmt.Sprintf("%s/api/data/resource_pools/%d/users", base, rng.IntN(20)+1), admin, fmt.Sprintf(`[{"id":"v%d"}]`, rng.IntN(500)))
-		case r < 90:
-			code := call(ctx, "DELETE", fmt.Sprintf("%s/api/data/resource_pools/%d/users/v%d", base, rng.IntN(20)+1, rng.IntN(500)), admin, "")
-			if code == 404 {
-				return 204 // not a viewer at the moment: fine
-			}
-			return code
-		case r < 97:
-			link := []string{`{"provider_id":"alpha"}`, `{"provider_id":"beta"}`, "null"}[rng.IntN(3)]
-			return call(ctx, "PATCH", fmt.Sprintf("%s/api/data/resource_pools/%d", base, rng.IntN(20)+1), admin, `{"remote":`+link+`}`)
-		default:
-			return call(ctx, "GET", base+"/metrics", "", "")
-		}
-	}
-	rss := map[string]int64{}
-	start := time.Now()
-	soakCtx, cancel := context.WithTimeout(ctx, duration)
-	defer cancel()
-	var wg sync.WaitGroup
-	for w := range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(w), 7))
-			for soakCtx.Err() == nil {
-				code := op(rng)
-				requests.Add(1)
-				if code >= 500 || code == 0 {
-					if soakCtx.Err() == nil {
-						fivexx.Add(1)
-						log.Printf("server error %d", code)
-					}
-				}
-				time.Sleep(time.Duration(rng.IntN(2000)) * time.Microsecond)
-			}
-		}()
-	}
-	samples := []int64{}
-	ticker := time.NewTicker(duration / 20)
-	defer ticker.Stop()
-	rss["start"] = rssKB(server.Process.Pid)
-loop:
-	for {
-		select {
-		case <-soakCtx.Done():
-			break loop
-		case <-ticker.C:
-			kb := rssKB(server.Process.Pid)
-			samples = append(samples, kb)
-			if len(samples) == 10 {
-				rss["middle"] = kb
-			}
-			log.Printf("%s: %d requests, %d 5xx, tether RSS %d MB", time.Since(start).Round(time.Second), requests.Load(), fivexx.Load(), kb/1024)
-		}
-	}
-	wg.Wait()
-	rss["end"] = rssKB(server.Process.Pid)
+	t := &traffic{srv: srv, conns: conns}
+	st := t.drive(ctx, duration, srv.cmd.Process.Pid)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	return verdict(ctx, srv, pool, duration, st)
+}
+
+// soakDuration is SOAK_DURATION, default 5m.
+func soakDuration() (time.Duration, error) {
+	v := os.Getenv("SOAK_DURATION")
+	if v == "" {
+		return 5 * time.Minute, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("SOAK_DURATION: %w", err)
+	}
+	return d, nil
+}
+
+// server is the `tether serve` process under test; command runs other tether
+// commands against the same stores.
+type server struct {
+	env    []string
+	base   string // http://host:port
+	secret string // the HMAC secret the dev tokens are signed with
+	admin  string // an admin's bearer token
+	cmd    *exec.Cmd
+}
+
+// startServer migrates the stack's stores and starts `tether serve` on a
+// free port, returning once it answers /healthz.
+func startServer(ctx context.Context, stack *devstack.Stack) (*server, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	s := &server{base: "http://" + addr, secret: devstack.RandomSecret()}
+	s.env = append(os.Environ(), "TETHER_DATABASE_URL="+stack.DatabaseURL, "TETHER_SPICEDB_ENDPOINT="+stack.SpiceDBEndpoint,
+		"TETHER_SPICEDB_TOKEN="+stack.SpiceDBToken, "TETHER_SPICEDB_INSECURE=true", "TETHER_HTTP_ADDR="+addr,
+		"TETHER_AUTH_HMAC_SECRET="+s.secret, "TETHER_ENCRYPTION_KEYS=soak:"+devstack.StdBase64(devstack.RandomSecret()),
+		"TETHER_LOG_LEVEL=warn", "TETHER_RECONCILE_INTERVAL=1m")
+	if s.admin, err = app.SignDevToken([]byte(s.secret), "soak-admin", []string{"tether-admin"}, 24*time.Hour); err != nil {
+		return nil, err
+	}
+	if out, err := s.command(ctx, "migrate", "up").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("migrate: %w\n%s", err, out)
+	}
+	s.cmd = s.command(ctx, "serve")
+	s.cmd.Stdout, s.cmd.Stderr = os.Stderr, os.Stderr
+	if err := s.cmd.Start(); err != nil {
+		return nil, err
+	}
+	if err := waitHTTP(ctx, s.base+"/healthz"); err != nil {
+		s.stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *server) command(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "bin/tether", args...)
+	cmd.Env = s.env
+	return cmd
+}
+
+func (s *server) stop() { _ = s.cmd.Process.Signal(syscall.SIGTERM); _ = s.cmd.Wait() }
+
+// Fixture sizes: the pools the traffic edits and the connected users it
+// disconnects and reads as.
+const (
+	fixturePools = 20
+	fixtureUsers = 200_000
+)
+
+// loadFixtures makes two providers, pools linked to them (and some to none),
+// and connected users, loaded straight into Postgres (connections are made
+// by the OAuth2 flow, which the browser tests cover); an initial reconcile
+// projects them into SpiceDB. It returns the connections in random order.
+func loadFixtures(ctx context.Context, s *server, pool *pgxpool.Pool) ([]connection, error) {
+	for _, p := range []string{"alpha", "beta"} {
+		if code := call(ctx, "POST", s.base+"/api/data/oauth2/providers", s.admin, `{"id":"`+p+`","kind":"github","display_name":"`+p+`","client_id":"c"}`); code != 201 {
+			return nil, fmt.Errorf("creating provider %s: %d", p, code)
+		}
+	}
+	for i := range fixturePools {
+		link := []string{"alpha", "beta", ""}[i%3]
+		remote := "null"
+		if link != "" {
+			remote = `{"provider_id":"` + link + `"}`
+		}
+		if code := call(ctx, "POST", s.base+"/api/data/resource_pools", s.admin, fmt.Sprintf(`{"name":"pool-%d","remote":%s,"public":%t}`, i, remote, i%7 == 0)); code != 201 {
+			return nil, fmt.Errorf("creating pool: %d", code)
+		}
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO oauth2_connections (user_id, provider_id, status)
+		SELECT 'u' || g, CASE WHEN g % 2 = 0 THEN 'alpha' ELSE 'beta' END, 'connected' FROM generate_series(1, $1) g`, fixtureUsers); err != nil {
+		return nil, err
+	}
+	if out, err := s.command(ctx, "reconcile").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("initial reconcile: %w\n%s", err, out)
+	}
+	return connectionIDs(ctx, pool)
+}
+
+// verdict lets the workers and the periodic reconcile drain what the
+// traffic left, prints the figures, and fails on drift, on any server error
+// and on memory that kept growing after warm-up.
+func verdict(ctx context.Context, s *server, pool *pgxpool.Pool, duration time.Duration, st *stats) error {
 	// Drain: the periodic reconcile and the workers catch up, then nothing may differ.
 	if err := waitDrained(ctx, pool, 3*time.Minute); err != nil {
 		return err
 	}
-	dry := tether("reconcile", "--dry-run")
-	out, err := dry.CombinedOutput()
-	fmt.Printf("\nsoak: %s, %d requests (%.0f/s), %d server errors\n", duration, requests.Load(), float64(requests.Load())/duration.Seconds(), fivexx.Load())
-	fmt.Printf("tether RSS: start %d MB, middle %d MB, end %d MB\n", rss["start"]/1024, rss["middle"]/1024, rss["end"]/1024)
+	out, err := s.command(ctx, "reconcile", "--dry-run").CombinedOutput()
+	requests, fivexx := st.requests.Load(), st.fivexx.Load()
+	fmt.Printf("\nsoak: %s, %d requests (%.0f/s), %d server errors\n", duration, requests, float64(requests)/duration.Seconds(), fivexx)
+	fmt.Printf("tether RSS: start %d MB, middle %d MB, end %d MB\n", st.rss.start/1024, st.rss.middle/1024, st.rss.end/1024)
 	fmt.Printf("reconcile --dry-run after drain:\n%s\n", out)
 	var problems []string
 	if err != nil {
 		problems = append(problems, "drift after drain")
 	}
-	if fivexx.Load() > 0 {
-		problems = append(problems, fmt.Sprintf("%d server errors", fivexx.Load()))
+	if fivexx > 0 {
+		problems = append(problems, fmt.Sprintf("%d server errors", fivexx))
 	}
 	// Flat after warm-up: the end may exceed the middle by at most 25%.
-	if rss["middle"] > 0 && float64(rss["end"]) > 1.25*float64(rss["middle"]) {
-		problems = append(problems, fmt.Sprintf("memory grew after warm-up: %d → %d MB", rss["middle"]/1024, rss["end"]/1024))
+	if st.rss.middle > 0 && float64(st.rss.end) > 1.25*float64(st.rss.middle) {
+		problems = append(problems, fmt.Sprintf("memory grew after warm-up: %d → %d MB", st.rss.middle/1024, st.rss.end/1024))
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("%s", strings.Join(problems, "; "))
