@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tetherhq/tether/internal/devtools/testenv"
-	"github.com/tetherhq/tether/jobs"
 	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
@@ -75,12 +74,4 @@ func FuzzSubjectID(f *testing.F) {
 		}
 		checkSubjectID(t, userID)
 	})
-}
-
-// NewSyncer refuses missing parts, naming them, instead of leaving a nil
-// field for the first job to trip on.
-func TestNewSyncerRefusesMissingParts(t *testing.T) {
-	t.Parallel()
-	_, err := jobs.NewSyncer(jobs.SyncerDeps{})
-	require.EqualError(t, err, "jobs.NewSyncer: missing DB, Keys, Logger, MaxBackoff, Metrics, OAuth, SpiceDB")
 }

@@ -10,9 +10,11 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/tetherhq/tether/app"
 	"github.com/tetherhq/tether/internal/config"
 	"github.com/tetherhq/tether/internal/devtools/testenv"
 	"github.com/tetherhq/tether/internal/engine"
+	"github.com/tetherhq/tether/jobs"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
@@ -116,4 +118,16 @@ func TestNewNamesTheBadVariable(t *testing.T) {
 	_, err = engine.New(context.Background(), cfg, engine.Options{Role: engine.RoleCLI, CheckSpiceDB: true})
 	require.ErrorAs(t, err, &cfgErr)
 	require.Equal(t, "TETHER_SPICEDB_ENDPOINT", cfgErr.Variable)
+}
+
+// The parts refuse to be built incomplete, naming what is missing, instead
+// of leaving a nil field for the first job or request to trip on.
+func TestPartsRefuseMissingDependencies(t *testing.T) {
+	t.Parallel()
+	_, err := jobs.NewSyncer(jobs.SyncerDeps{})
+	require.EqualError(t, err, "jobs.NewSyncer: missing DB, Keys, Logger, MaxBackoff, Metrics, OAuth, SpiceDB")
+	_, _, err = jobs.NewClient(nil, nil, jobs.DefaultClientConfig())
+	require.EqualError(t, err, "jobs.NewClient: missing pool or syncer")
+	_, err = app.NewService(app.ServiceDeps{})
+	require.EqualError(t, err, "app.NewService: missing DB")
 }
