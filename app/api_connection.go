@@ -12,9 +12,18 @@ type Connection struct {
 	ID         uuid.UUID        `json:"id"`
 	ProviderID string           `json:"provider_id"`
 	Status     ConnectionStatus `json:"status"`
-	Sync       SyncStatus       `json:"sync"`
-	CreatedAt  time.Time        `json:"created_at"`
-	UpdatedAt  time.Time        `json:"updated_at"`
+	// Account is the provider account the newest authorization connected,
+	// as the provider names it (from the ID token or userinfo); nil when the
+	// provider did not say.
+	Account     *string    `json:"account"`
+	Scopes      []string   `json:"scopes"`
+	ConnectedAt *time.Time `json:"connected_at"`
+	// AuthorizingUntil is set while an authorization started for this
+	// connection is in flight: when its state expires.
+	AuthorizingUntil *time.Time `json:"authorizing_until"`
+	Sync             SyncStatus `json:"sync"`
+	CreatedAt        time.Time  `json:"created_at"`
+	UpdatedAt        time.Time  `json:"updated_at"`
 }
 
 // ConnectionStatus is where a connection stands.
@@ -41,12 +50,15 @@ const (
 	SyncPending  SyncState = "pending"  // on its way
 	SyncSynced   SyncState = "synced"   // applied
 	SyncRetrying SyncState = "retrying" // the last attempt failed; LastError says why
+	// SyncNone: the key never had anything to apply (a connection that
+	// never connected): nothing is waiting.
+	SyncNone SyncState = "none"
 )
 
 // SyncStatus says whether a key's newest change is applied in SpiceDB.
 type SyncStatus struct {
-	// State is synced, pending (on its way) or retrying (the last attempt
-	// failed; LastError says why).
+	// State is synced, pending (on its way), retrying (the last attempt
+	// failed; LastError says why) or none (nothing was ever to be applied).
 	State     SyncState  `json:"state"`
 	AppliedAt *time.Time `json:"applied_at"`
 	LastError *string    `json:"last_error"`
@@ -56,7 +68,7 @@ func syncStatus(generation, applied *int64, appliedAt *time.Time, lastError *str
 	st := SyncStatus{State: SyncSynced, AppliedAt: appliedAt, LastError: lastError}
 	switch {
 	case generation == nil:
-		st.State = SyncPending
+		st.State = SyncNone
 	case applied != nil && *applied >= *generation:
 		st.State = SyncSynced
 		st.LastError = nil

@@ -36,6 +36,8 @@ type OAuthConfig struct {
 	Client         *oauthclient.Client
 	PublicURL      *url.URL
 	AllowedOrigins []string
+	// StateTTL bounds how long an authorization may take; 0 means StateTTL.
+	StateTTL time.Duration
 }
 
 func (s *Service) redirectURL() string {
@@ -181,13 +183,14 @@ func (s *Service) Authorize(ctx context.Context, user *User, providerID, nextURL
 			return nil, err
 		}
 	}
+	expiresAt := time.Now().Add(s.OAuth.stateTTL())
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		if _, err := queries.StateDeleteExpired(ctx, tx); err != nil {
 			return fmt.Errorf("error pruning expired states: %w", err)
 		}
 		if err := queries.StateInsert(ctx, tx, &dbsqlc.StateInsertParams{
 			StateHash: hashToken(state), UserID: user.ID, ProviderID: providerID, BrowserHash: hashToken(browserBinding),
-			CodeVerifierEnc: verifierEnc, NextUrl: next, ExpiresAt: time.Now().Add(StateTTL),
+			CodeVerifierEnc: verifierEnc, NextUrl: next, ExpiresAt: expiresAt,
 		}); err != nil {
 			if isForeignKeyViolation(err) {
 				return Errorf(ENOTFOUND, "No such provider.")
@@ -196,7 +199,9 @@ func (s *Service) Authorize(ctx context.Context, user *User, providerID, nextURL
 		}
 		// A new connection starts pending; an existing one keeps its status
 		// (and its access) until this authorization completes.
-		if _, err := queries.ConnectionInsertPending(ctx, tx, &dbsqlc.ConnectionInsertPendingParams{UserID: user.ID, ProviderID: providerID}); err != nil {
+		if _, err := queries.ConnectionInsertPending(ctx, tx, &dbsqlc.ConnectionInsertPendingParams{
+			UserID: user.ID, ProviderID: providerID, AuthorizingUntil: &expiresAt,
+		}); err != nil {
 			return fmt.Errorf("error recording pending connection: %w", err)
 		}
 		return nil
@@ -223,8 +228,71 @@ type storedToken struct {
 var providerErrorPattern = regexp.MustCompile(`^[a-z_]{1,64}$`)
 
 // Callback completes a flow. The state is consumed first, so it can never be
-// used twice, even when the rest fails.
+// used twice, even when the rest fails. An authorization that ends without
+// connecting ends its pending connection too.
 func (s *Service) Callback(ctx context.Context, user *User, browserBinding, state, code, providerError string) (*CallbackResult, error) {
+	st, err := s.consumeState(ctx, user, browserBinding, state)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(errCode string, appErr *Error) (*CallbackResult, error) {
+		if err := s.endAuthorization(ctx, user.ID, st.ProviderID); err != nil {
+			return nil, err
+		}
+		if st.NextUrl != "" {
+			return &CallbackResult{NextURL: WithError(st.NextUrl, errCode)}, nil
+		}
+		return nil, appErr
+	}
+	switch {
+	case time.Now().After(st.ExpiresAt):
+		return fail("authorization_expired", errStateExpired)
+	case providerError != "":
+		// error_description is the provider's free text: dropped, not echoed.
+		errCode := providerError
+		if !providerErrorPattern.MatchString(errCode) {
+			errCode = "provider_error"
+		}
+		return fail(errCode, Errorf(EINVALID, "The provider refused the authorization (%s).", errCode))
+	case code == "" || len(code) > 4096:
+		return fail("invalid_request", Errorf(EINVALID, "The callback carries no authorization code."))
+	}
+	provider, endpoints, err := s.oauthProvider(ctx, s.DB, st.ProviderID)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := s.exchange(ctx, st, provider, endpoints, code)
+	if appErr := (*Error)(nil); errors.As(err, &appErr) {
+		return fail("exchange_failed", appErr)
+	} else if err != nil {
+		return nil, err
+	}
+	identity := s.OAuth.Client.IdentityOf(ctx, provider, endpoints, tok)
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		row, err := queries.ConnectionUpsertStatus(ctx, tx, &dbsqlc.ConnectionUpsertStatusParams{UserID: user.ID, ProviderID: st.ProviderID, Status: string(StatusConnected)})
+		if err != nil {
+			if isForeignKeyViolation(err) {
+				return Errorf(ENOTFOUND, "The provider was deleted meanwhile.")
+			}
+			return fmt.Errorf("error writing connection: %w", err)
+		}
+		if err := s.storeToken(ctx, tx, row.ID, tok); err != nil {
+			return err
+		}
+		if err := storeIdentity(ctx, tx, row, identity); err != nil {
+			return err
+		}
+		return s.Enqueuer.Connection(ctx, tx, st.ProviderID, user.ID, false)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &CallbackResult{NextURL: st.NextUrl}, nil
+}
+
+// consumeState takes the callback's state out of the database (single use)
+// and checks that it belongs to this user and browser.
+func (s *Service) consumeState(ctx context.Context, user *User, browserBinding, state string) (*dbsqlc.Oauth2State, error) {
 	stateHash, err := ParseState(state)
 	if err != nil {
 		return nil, err
@@ -241,32 +309,20 @@ func (s *Service) Callback(ctx context.Context, user *User, browserBinding, stat
 	if err != nil {
 		return nil, err
 	}
-	if time.Now().After(st.ExpiresAt) ||
-		subtle.ConstantTimeCompare([]byte(st.UserID), []byte(user.ID)) != 1 ||
+	if subtle.ConstantTimeCompare([]byte(st.UserID), []byte(user.ID)) != 1 ||
 		subtle.ConstantTimeCompare(st.BrowserHash, hashToken(browserBinding)) != 1 {
 		return nil, errInvalidState
 	}
-	fail := func(errCode string, appErr *Error) (*CallbackResult, error) {
-		if st.NextUrl != "" {
-			return &CallbackResult{NextURL: WithError(st.NextUrl, errCode)}, nil
-		}
-		return nil, appErr
-	}
-	if providerError != "" {
-		// error_description is the provider's free text: dropped, not echoed.
-		errCode := providerError
-		if !providerErrorPattern.MatchString(errCode) {
-			errCode = "provider_error"
-		}
-		return fail(errCode, Errorf(EINVALID, "The provider refused the authorization (%s).", errCode))
-	}
-	if code == "" || len(code) > 4096 {
-		return fail("invalid_request", Errorf(EINVALID, "The callback carries no authorization code."))
-	}
-	provider, endpoints, err := s.oauthProvider(ctx, s.DB, st.ProviderID)
-	if err != nil {
-		return nil, err
-	}
+	return st, nil
+}
+
+// errExchangeFailed is the provider refusing the code (or unreachable).
+var errExchangeFailed = Errorf(EINVALID, "The provider did not accept the authorization code.")
+
+// exchange trades the authorization code for tokens, with the state's PKCE
+// verifier. A refusal is errExchangeFailed (with its cause); anything else
+// is Tether's own failure.
+func (s *Service) exchange(ctx context.Context, st *dbsqlc.Oauth2State, provider *oauthclient.Provider, endpoints oauthclient.Endpoints, code string) (*oauth2.Token, error) {
 	cfg := oauthclient.Config(provider, endpoints, s.redirectURL())
 	var opts []oauth2.AuthCodeOption
 	if len(st.CodeVerifierEnc) > 0 {
@@ -278,25 +334,9 @@ func (s *Service) Callback(ctx context.Context, user *User, browserBinding, stat
 	}
 	tok, err := cfg.Exchange(s.OAuth.Client.Context(ctx), code, opts...)
 	if err != nil {
-		return fail("exchange_failed", &Error{Code: EINVALID, Message: "The provider did not accept the authorization code."})
+		return nil, &wrappedError{app: errExchangeFailed, cause: err}
 	}
-	err = s.inTx(ctx, func(tx pgx.Tx) error {
-		row, err := queries.ConnectionUpsertStatus(ctx, tx, &dbsqlc.ConnectionUpsertStatusParams{UserID: user.ID, ProviderID: st.ProviderID, Status: string(StatusConnected)})
-		if err != nil {
-			if isForeignKeyViolation(err) {
-				return Errorf(ENOTFOUND, "The provider was deleted meanwhile.")
-			}
-			return fmt.Errorf("error writing connection: %w", err)
-		}
-		if err := s.storeToken(ctx, tx, row.ID, tok); err != nil {
-			return err
-		}
-		return s.Enqueuer.Connection(ctx, tx, st.ProviderID, user.ID, false)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &CallbackResult{NextURL: st.NextUrl}, nil
+	return tok, nil
 }
 
 func (s *Service) storeToken(ctx context.Context, tx pgx.Tx, connectionID uuid.UUID, tok *oauth2.Token) error {

@@ -62,7 +62,7 @@ func setupServer(t *testing.T, opts testenv.TetherOpts) *oauthBundle {
 	require.NoError(t, err)
 	t.Cleanup(op.Close)
 
-	kind, name, clientID, secret, scope, issuer := "generic_oidc", "Dev", "tether", clientSecret, "openid offline_access", op.Issuer
+	kind, name, clientID, secret, scope, issuer := "generic_oidc", "Dev", "tether", clientSecret, "openid profile offline_access", op.Issuer
 	_, err = tt.Service.ProviderCreate(context.Background(), &app.ProviderInput{
 		ID: ptr("dev"), Kind: &kind, DisplayName: &name, ClientID: &clientID, ClientSecret: &secret, Scope: &scope, IssuerURL: &issuer,
 	})
@@ -255,7 +255,12 @@ func TestOAuthStateChecks(t *testing.T) {
 		cb := b.login(t, alice, b.authorize(t, alice, "/ui/"))
 		_, err := b.tt.DB.Exec(ctx, "UPDATE oauth2_states SET expires_at = now() - interval '1 second' WHERE user_id = 'alice-expired'")
 		require.NoError(t, err)
-		b.requireInvalidCallback(t, alice, cb.String())
+		// Told it expired (the state was hers), back to next_url, nothing stored.
+		resp, body := get(t, alice, cb.String())
+		require.Equal(t, http.StatusFound, resp.StatusCode, body)
+		require.Equal(t, "/ui/?error=authorization_expired", resp.Header.Get("Location"))
+		require.Zero(t, countRows(t, b, "SELECT count(*) FROM oauth2_connections WHERE user_id = 'alice-expired'"))
+		b.requireInvalidCallback(t, alice, cb.String()) // and used up
 	})
 
 	t.Run("OtherUser", func(t *testing.T) {
@@ -312,11 +317,10 @@ func TestOAuthStateChecks(t *testing.T) {
 		resp, _ := get(t, alice, denied)
 		require.Equal(t, http.StatusFound, resp.StatusCode)
 		require.Equal(t, "/ui/?tab=services&error=access_denied", resp.Header.Get("Location"))
-		conn := b.connection(t, "alice-denied")
-		require.Equal(t, app.StatusPending, conn.Status)
-		var tokenStored bool
-		require.NoError(t, b.tt.DB.QueryRow(ctx, "SELECT token_enc IS NOT NULL FROM oauth2_connections WHERE id = $1", conn.ID).Scan(&tokenStored))
-		require.False(t, tokenStored, "nothing stored")
+		conns, err := b.tt.Service.ConnectionList(ctx, &app.User{ID: "alice-denied"})
+		require.NoError(t, err)
+		require.Empty(t, conns, "a denied connect ends its pending connection")
+		require.Zero(t, countRows(t, b, "SELECT count(*) FROM oauth2_connections WHERE user_id = 'alice-denied'"), "nothing stored")
 	})
 
 	t.Run("NoNextURL", func(t *testing.T) {

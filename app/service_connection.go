@@ -20,8 +20,7 @@ func (s *Service) ConnectionList(ctx context.Context, user *User) ([]*Connection
 	}
 	out := make([]*Connection, len(rows))
 	for i, r := range rows {
-		out[i] = &Connection{ID: r.ID, ProviderID: r.ProviderID, Status: ConnectionStatus(r.Status), CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
-			Sync: syncStatus(r.Generation, r.AppliedGeneration, r.AppliedAt, r.LastError)}
+		out[i] = connectionFromRow(r)
 	}
 	return out, nil
 }
@@ -33,8 +32,7 @@ func (s *Service) ConnectionGet(ctx context.Context, user *User, id uuid.UUID) (
 	if err != nil {
 		return nil, notFound(err, "connection")
 	}
-	return &Connection{ID: r.ID, ProviderID: r.ProviderID, Status: ConnectionStatus(r.Status), CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
-		Sync: syncStatus(r.Generation, r.AppliedGeneration, r.AppliedAt, r.LastError)}, nil
+	return connectionFromRow((*dbsqlc.ConnectionListByUserRow)(r)), nil
 }
 
 // ConnectionDelete disconnects: the row goes and its access is revoked

@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,7 +30,10 @@ type ClientConfig struct {
 	// leader assumes its worker died and retries it.
 	RescueStuckJobsAfter time.Duration
 	ReconcileInterval    time.Duration // 0 disables the periodic reconcile
-	Logger               *slog.Logger
+	// ExpireInterval is how often abandoned authorizations are ended
+	// (0: DefaultExpireInterval).
+	ExpireInterval time.Duration
+	Logger         *slog.Logger
 }
 
 // DefaultClientConfig are the production defaults.
@@ -62,6 +66,7 @@ func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (*river.Clien
 	river.AddWorker(workers, &RevokeWorker{Syncer: syncer})
 	reconciler := &Reconciler{Syncer: syncer, Enqueuer: enqueuer}
 	river.AddWorker(workers, &ReconcileWorker{Reconciler: reconciler})
+	river.AddWorker(workers, &ExpireWorker{Syncer: syncer})
 
 	rc := &river.Config{
 		FetchCooldown:        cfg.FetchCooldown,
@@ -84,6 +89,11 @@ func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (*river.Clien
 				&river.PeriodicJobOpts{ID: "tether.reconcile"},
 			)}
 		}
+		rc.PeriodicJobs = append(rc.PeriodicJobs, river.NewPeriodicJob(
+			river.PeriodicInterval(cmp.Or(cfg.ExpireInterval, DefaultExpireInterval)),
+			func() (river.JobArgs, *river.InsertOpts) { return ExpireArgs{}, nil },
+			&river.PeriodicJobOpts{ID: "tether.expire_authorizations"},
+		))
 	}
 	client, err := river.NewClient(riverpgxv5.New(db), rc)
 	if err != nil {

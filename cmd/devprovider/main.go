@@ -57,7 +57,7 @@ func run() int {
 	fmt.Printf("  client id:     %s\n", p.ClientID)
 	fmt.Printf("  client secret: %s\n", p.ClientSecret)
 	fmt.Printf("  redirect URI:  %s\n", p.RedirectURIs[0])
-	fmt.Printf("  scopes:        openid offline_access (refresh tokens need offline_access; PKCE S256)\n")
+	fmt.Printf("  scopes:        openid profile offline_access (refresh tokens need offline_access, the account name profile; PKCE S256)\n")
 	fmt.Printf("Test users (username / password):\n")
 	for _, u := range p.Users {
 		fmt.Printf("  %s / %s\n", u.Username, u.Password)

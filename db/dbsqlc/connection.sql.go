@@ -12,6 +12,20 @@ import (
 	"github.com/google/uuid"
 )
 
+const connectionDeleteAbandoned = `-- name: ConnectionDeleteAbandoned :execrows
+DELETE FROM oauth2_connections WHERE status = 'pending' AND authorizing_until < now()
+`
+
+// The sweep: rows whose authorization expired without ever connecting. They
+// never had access (only connected rows do), so no sync job is needed.
+func (q *Queries) ConnectionDeleteAbandoned(ctx context.Context, db DBTX) (int64, error) {
+	result, err := db.Exec(ctx, connectionDeleteAbandoned)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const connectionDeleteByProvider = `-- name: ConnectionDeleteByProvider :many
 DELETE FROM oauth2_connections WHERE provider_id = $1
 RETURNING user_id
@@ -39,7 +53,7 @@ func (q *Queries) ConnectionDeleteByProvider(ctx context.Context, db DBTX, provi
 
 const connectionDeleteForUser = `-- name: ConnectionDeleteForUser :one
 DELETE FROM oauth2_connections WHERE id = $1 AND user_id = $2
-RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at
+RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at, account, granted_scopes, connected_at, authorizing_until
 `
 
 type ConnectionDeleteForUserParams struct {
@@ -59,15 +73,69 @@ func (q *Queries) ConnectionDeleteForUser(ctx context.Context, db DBTX, arg *Con
 		&i.UpdatedAt,
 		&i.TokenEnc,
 		&i.TokenExpiresAt,
+		&i.Account,
+		&i.GrantedScopes,
+		&i.ConnectedAt,
+		&i.AuthorizingUntil,
 	)
 	return &i, err
 }
 
+const connectionDeletePending = `-- name: ConnectionDeletePending :execrows
+DELETE FROM oauth2_connections WHERE user_id = $1 AND provider_id = $2 AND status = 'pending'
+`
+
+type ConnectionDeletePendingParams struct {
+	UserID     string
+	ProviderID string
+}
+
+// An authorization that ended without connecting (denied, expired, failed):
+// a row that was never connected goes.
+func (q *Queries) ConnectionDeletePending(ctx context.Context, db DBTX, arg *ConnectionDeletePendingParams) (int64, error) {
+	result, err := db.Exec(ctx, connectionDeletePending, arg.UserID, arg.ProviderID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const connectionEndAuthorizing = `-- name: ConnectionEndAuthorizing :exec
+UPDATE oauth2_connections SET authorizing_until = NULL
+WHERE user_id = $1 AND provider_id = $2 AND status <> 'pending'
+`
+
+type ConnectionEndAuthorizingParams struct {
+	UserID     string
+	ProviderID string
+}
+
+// The same for a row that was connected (or broken) before: it is no longer
+// waiting and keeps its status.
+func (q *Queries) ConnectionEndAuthorizing(ctx context.Context, db DBTX, arg *ConnectionEndAuthorizingParams) error {
+	_, err := db.Exec(ctx, connectionEndAuthorizing, arg.UserID, arg.ProviderID)
+	return err
+}
+
+const connectionEndLapsedAuthorizing = `-- name: ConnectionEndLapsedAuthorizing :execrows
+UPDATE oauth2_connections SET authorizing_until = NULL
+WHERE status <> 'pending' AND authorizing_until < now()
+`
+
+func (q *Queries) ConnectionEndLapsedAuthorizing(ctx context.Context, db DBTX) (int64, error) {
+	result, err := db.Exec(ctx, connectionEndLapsedAuthorizing)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const connectionGetForUser = `-- name: ConnectionGetForUser :one
-SELECT c.id, c.user_id, c.provider_id, c.status, c.created_at, c.updated_at, c.token_enc, c.token_expires_at, s.generation, s.applied_generation, s.applied_at, s.last_error
+SELECT c.id, c.user_id, c.provider_id, c.status, c.created_at, c.updated_at, c.token_enc, c.token_expires_at, c.account, c.granted_scopes, c.connected_at, c.authorizing_until, s.generation, s.applied_generation, s.applied_at, s.last_error
 FROM oauth2_connections c
 LEFT JOIN sync_state s ON s.kind = 'connection' AND s.key_id = c.provider_id || '/' || tether_subject_id(c.user_id)
 WHERE c.id = $1 AND c.user_id = $2
+  AND (c.status <> 'pending' OR c.authorizing_until > now())
 `
 
 type ConnectionGetForUserParams struct {
@@ -84,6 +152,10 @@ type ConnectionGetForUserRow struct {
 	UpdatedAt         time.Time
 	TokenEnc          []byte
 	TokenExpiresAt    *time.Time
+	Account           *string
+	GrantedScopes     []string
+	ConnectedAt       *time.Time
+	AuthorizingUntil  *time.Time
 	Generation        *int64
 	AppliedGeneration *int64
 	AppliedAt         *time.Time
@@ -102,6 +174,10 @@ func (q *Queries) ConnectionGetForUser(ctx context.Context, db DBTX, arg *Connec
 		&i.UpdatedAt,
 		&i.TokenEnc,
 		&i.TokenExpiresAt,
+		&i.Account,
+		&i.GrantedScopes,
+		&i.ConnectedAt,
+		&i.AuthorizingUntil,
 		&i.Generation,
 		&i.AppliedGeneration,
 		&i.AppliedAt,
@@ -111,21 +187,24 @@ func (q *Queries) ConnectionGetForUser(ctx context.Context, db DBTX, arg *Connec
 }
 
 const connectionInsertPending = `-- name: ConnectionInsertPending :one
-INSERT INTO oauth2_connections (user_id, provider_id, status)
-VALUES ($1, $2, 'pending')
-ON CONFLICT (user_id, provider_id) DO UPDATE SET updated_at = now()
-RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at
+INSERT INTO oauth2_connections (user_id, provider_id, status, authorizing_until)
+VALUES ($1, $2, 'pending', $3)
+ON CONFLICT (user_id, provider_id) DO UPDATE SET updated_at = now(),
+    authorizing_until = GREATEST(oauth2_connections.authorizing_until, EXCLUDED.authorizing_until)
+RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at, account, granted_scopes, connected_at, authorizing_until
 `
 
 type ConnectionInsertPendingParams struct {
-	UserID     string
-	ProviderID string
+	UserID           string
+	ProviderID       string
+	AuthorizingUntil *time.Time
 }
 
-// Starts a connection for a new authorization; an existing connection keeps
-// its status (and its access) until the new authorization completes.
+// Starts a connection for a new authorization, in flight until
+// authorizing_until (its state's expiry); an existing connection keeps its
+// status (and its access) until the new authorization completes.
 func (q *Queries) ConnectionInsertPending(ctx context.Context, db DBTX, arg *ConnectionInsertPendingParams) (*Oauth2Connection, error) {
-	row := db.QueryRow(ctx, connectionInsertPending, arg.UserID, arg.ProviderID)
+	row := db.QueryRow(ctx, connectionInsertPending, arg.UserID, arg.ProviderID, arg.AuthorizingUntil)
 	var i Oauth2Connection
 	err := row.Scan(
 		&i.ID,
@@ -136,15 +215,23 @@ func (q *Queries) ConnectionInsertPending(ctx context.Context, db DBTX, arg *Con
 		&i.UpdatedAt,
 		&i.TokenEnc,
 		&i.TokenExpiresAt,
+		&i.Account,
+		&i.GrantedScopes,
+		&i.ConnectedAt,
+		&i.AuthorizingUntil,
 	)
 	return &i, err
 }
 
 const connectionListByUser = `-- name: ConnectionListByUser :many
-SELECT c.id, c.user_id, c.provider_id, c.status, c.created_at, c.updated_at, c.token_enc, c.token_expires_at, s.generation, s.applied_generation, s.applied_at, s.last_error
+SELECT c.id, c.user_id, c.provider_id, c.status, c.created_at, c.updated_at, c.token_enc, c.token_expires_at, c.account, c.granted_scopes, c.connected_at, c.authorizing_until, s.generation, s.applied_generation, s.applied_at, s.last_error
 FROM oauth2_connections c
 LEFT JOIN sync_state s ON s.kind = 'connection' AND s.key_id = c.provider_id || '/' || tether_subject_id(c.user_id)
 WHERE c.user_id = $1
+  -- A row that was never connected exists only while its authorization is
+  -- in flight: an abandoned one is gone for the user at once (and from the
+  -- table at the next sweep).
+  AND (c.status <> 'pending' OR c.authorizing_until > now())
 ORDER BY c.provider_id
 `
 
@@ -157,6 +244,10 @@ type ConnectionListByUserRow struct {
 	UpdatedAt         time.Time
 	TokenEnc          []byte
 	TokenExpiresAt    *time.Time
+	Account           *string
+	GrantedScopes     []string
+	ConnectedAt       *time.Time
+	AuthorizingUntil  *time.Time
 	Generation        *int64
 	AppliedGeneration *int64
 	AppliedAt         *time.Time
@@ -181,6 +272,10 @@ func (q *Queries) ConnectionListByUser(ctx context.Context, db DBTX, userID stri
 			&i.UpdatedAt,
 			&i.TokenEnc,
 			&i.TokenExpiresAt,
+			&i.Account,
+			&i.GrantedScopes,
+			&i.ConnectedAt,
+			&i.AuthorizingUntil,
 			&i.Generation,
 			&i.AppliedGeneration,
 			&i.AppliedAt,
@@ -196,11 +291,77 @@ func (q *Queries) ConnectionListByUser(ctx context.Context, db DBTX, userID stri
 	return items, nil
 }
 
+const connectionSetIdentity = `-- name: ConnectionSetIdentity :exec
+UPDATE oauth2_connections SET account = $1, granted_scopes = $2
+WHERE id = $3
+`
+
+type ConnectionSetIdentityParams struct {
+	Account       *string
+	GrantedScopes []string
+	ID            uuid.UUID
+}
+
+// The account an authorization connected and the scopes it granted: shown on
+// the page, never a token.
+func (q *Queries) ConnectionSetIdentity(ctx context.Context, db DBTX, arg *ConnectionSetIdentityParams) error {
+	_, err := db.Exec(ctx, connectionSetIdentity, arg.Account, arg.GrantedScopes, arg.ID)
+	return err
+}
+
+const connectionSyncKeysByUser = `-- name: ConnectionSyncKeysByUser :many
+SELECT p.id AS provider_id, s.generation, s.applied_generation, s.applied_at, s.last_error, s.revoke_pending_since
+FROM oauth2_providers p
+JOIN sync_state s ON s.kind = 'connection' AND s.key_id = p.id || '/' || tether_subject_id($1::text)
+ORDER BY p.id
+`
+
+type ConnectionSyncKeysByUserRow struct {
+	ProviderID         string
+	Generation         int64
+	AppliedGeneration  int64
+	AppliedAt          *time.Time
+	LastError          *string
+	RevokePendingSince *time.Time
+}
+
+// The sync state of every connection key the user can have (one per
+// provider, by primary key): what the page shows of revocations still being
+// applied after a disconnect.
+func (q *Queries) ConnectionSyncKeysByUser(ctx context.Context, db DBTX, userID string) ([]*ConnectionSyncKeysByUserRow, error) {
+	rows, err := db.Query(ctx, connectionSyncKeysByUser, userID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []*ConnectionSyncKeysByUserRow
+	for rows.Next() {
+		var i ConnectionSyncKeysByUserRow
+		if err := rows.Scan(
+			&i.ProviderID,
+			&i.Generation,
+			&i.AppliedGeneration,
+			&i.AppliedAt,
+			&i.LastError,
+			&i.RevokePendingSince,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, &i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const connectionUpsertStatus = `-- name: ConnectionUpsertStatus :one
-INSERT INTO oauth2_connections (user_id, provider_id, status)
-VALUES ($1, $2, $3)
-ON CONFLICT (user_id, provider_id) DO UPDATE SET status = EXCLUDED.status, updated_at = now()
-RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at
+INSERT INTO oauth2_connections (user_id, provider_id, status, connected_at)
+VALUES ($1, $2, $3, CASE WHEN $3 = 'connected' THEN now() END)
+ON CONFLICT (user_id, provider_id) DO UPDATE SET status = EXCLUDED.status, updated_at = now(),
+    connected_at = CASE WHEN EXCLUDED.status = 'connected' THEN now() ELSE oauth2_connections.connected_at END,
+    authorizing_until = CASE WHEN EXCLUDED.status = 'connected' THEN NULL ELSE oauth2_connections.authorizing_until END
+RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at, account, granted_scopes, connected_at, authorizing_until
 `
 
 type ConnectionUpsertStatusParams struct {
@@ -209,6 +370,7 @@ type ConnectionUpsertStatusParams struct {
 	Status     string
 }
 
+// connected: an authorization completed (it is no longer in flight).
 func (q *Queries) ConnectionUpsertStatus(ctx context.Context, db DBTX, arg *ConnectionUpsertStatusParams) (*Oauth2Connection, error) {
 	row := db.QueryRow(ctx, connectionUpsertStatus, arg.UserID, arg.ProviderID, arg.Status)
 	var i Oauth2Connection
@@ -221,6 +383,10 @@ func (q *Queries) ConnectionUpsertStatus(ctx context.Context, db DBTX, arg *Conn
 		&i.UpdatedAt,
 		&i.TokenEnc,
 		&i.TokenExpiresAt,
+		&i.Account,
+		&i.GrantedScopes,
+		&i.ConnectedAt,
+		&i.AuthorizingUntil,
 	)
 	return &i, err
 }

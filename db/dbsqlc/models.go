@@ -21,14 +21,18 @@ type DesiredRelationship struct {
 }
 
 type Oauth2Connection struct {
-	ID             uuid.UUID
-	UserID         string
-	ProviderID     string
-	Status         string
-	CreatedAt      time.Time
-	UpdatedAt      time.Time
-	TokenEnc       []byte
-	TokenExpiresAt *time.Time
+	ID               uuid.UUID
+	UserID           string
+	ProviderID       string
+	Status           string
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
+	TokenEnc         []byte
+	TokenExpiresAt   *time.Time
+	Account          *string
+	GrantedScopes    []string
+	ConnectedAt      *time.Time
+	AuthorizingUntil *time.Time
 }
 
 type Oauth2Provider struct {

@@ -13,7 +13,7 @@ import (
 )
 
 const connectionGetForUpdate = `-- name: ConnectionGetForUpdate :one
-SELECT id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at FROM oauth2_connections WHERE id = $1 AND user_id = $2 FOR UPDATE
+SELECT id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at, account, granted_scopes, connected_at, authorizing_until FROM oauth2_connections WHERE id = $1 AND user_id = $2 FOR UPDATE
 `
 
 type ConnectionGetForUpdateParams struct {
@@ -33,6 +33,10 @@ func (q *Queries) ConnectionGetForUpdate(ctx context.Context, db DBTX, arg *Conn
 		&i.UpdatedAt,
 		&i.TokenEnc,
 		&i.TokenExpiresAt,
+		&i.Account,
+		&i.GrantedScopes,
+		&i.ConnectedAt,
+		&i.AuthorizingUntil,
 	)
 	return &i, err
 }
@@ -150,9 +154,12 @@ func (q *Queries) StateConsume(ctx context.Context, db DBTX, stateHash []byte) (
 }
 
 const stateDeleteExpired = `-- name: StateDeleteExpired :execrows
-DELETE FROM oauth2_states WHERE expires_at < now()
+DELETE FROM oauth2_states WHERE expires_at < now() - interval '1 hour'
 `
 
+// An expired state is kept an hour longer (hashes only, unusable): a
+// callback that comes back late is told the authorization expired instead
+// of that it is unknown.
 func (q *Queries) StateDeleteExpired(ctx context.Context, db DBTX) (int64, error) {
 	result, err := db.Exec(ctx, stateDeleteExpired)
 	if err != nil {

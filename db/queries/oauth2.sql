@@ -8,7 +8,10 @@ DELETE FROM oauth2_states WHERE state_hash = @state_hash
 RETURNING *;
 
 -- name: StateDeleteExpired :execrows
-DELETE FROM oauth2_states WHERE expires_at < now();
+-- An expired state is kept an hour longer (hashes only, unusable): a
+-- callback that comes back late is told the authorization expired instead
+-- of that it is unknown.
+DELETE FROM oauth2_states WHERE expires_at < now() - interval '1 hour';
 
 -- name: ConnectionGetForUpdate :one
 SELECT * FROM oauth2_connections WHERE id = @id AND user_id = @user_id FOR UPDATE;

@@ -38,6 +38,8 @@ type Endpoints struct {
 	AuthURL       string
 	TokenURL      string
 	RevocationURL string // empty: the provider has none Tether can call
+	// UserinfoURL names the connected account (see IdentityOf); empty: none.
+	UserinfoURL string
 }
 
 // Client resolves endpoints and talks to providers. Safe for concurrent use.
@@ -79,11 +81,13 @@ func (c *Client) Endpoints(ctx context.Context, p *Provider) (Endpoints, error) 
 	switch p.Kind {
 	case KindGitLab:
 		base := strings.TrimSuffix(p.URL, "/")
-		return Endpoints{AuthURL: base + "/oauth/authorize", TokenURL: base + "/oauth/token", RevocationURL: base + "/oauth/revoke"}, nil
+		return Endpoints{AuthURL: base + "/oauth/authorize", TokenURL: base + "/oauth/token", RevocationURL: base + "/oauth/revoke",
+			UserinfoURL: gitlabUserinfo(base, p.Scope)}, nil
 	case KindGitHub:
 		// GitHub has no RFC 7009 endpoint (its grant deletion is a REST API
 		// call with other credentials).
-		return Endpoints{AuthURL: "https://github.com/login/oauth/authorize", TokenURL: "https://github.com/login/oauth/access_token"}, nil
+		return Endpoints{AuthURL: "https://github.com/login/oauth/authorize", TokenURL: "https://github.com/login/oauth/access_token",
+			UserinfoURL: "https://api.github.com/user"}, nil
 	case KindGenericOAuth2:
 		return Endpoints{AuthURL: p.AuthorizationURL, TokenURL: p.TokenURL, RevocationURL: p.RevocationURL}, nil
 	case KindGenericOIDC:
@@ -106,7 +110,8 @@ func (c *Client) discover(ctx context.Context, issuer string) (Endpoints, error)
 	if doc.AuthorizationEndpoint == "" || doc.TokenEndpoint == "" {
 		return Endpoints{}, errors.New("OIDC discovery lacks authorization or token endpoint")
 	}
-	e := Endpoints{AuthURL: doc.AuthorizationEndpoint, TokenURL: doc.TokenEndpoint, RevocationURL: doc.RevocationEndpoint}
+	e := Endpoints{AuthURL: doc.AuthorizationEndpoint, TokenURL: doc.TokenEndpoint, RevocationURL: doc.RevocationEndpoint,
+		UserinfoURL: doc.UserinfoEndpoint}
 	c.mu.Lock()
 	c.discovery[issuer] = discovered{endpoints: e, at: time.Now()}
 	c.mu.Unlock()
@@ -119,6 +124,7 @@ type Metadata struct {
 	AuthorizationEndpoint string `json:"authorization_endpoint"`
 	TokenEndpoint         string `json:"token_endpoint"`
 	RevocationEndpoint    string `json:"revocation_endpoint"`
+	UserinfoEndpoint      string `json:"userinfo_endpoint"`
 	JWKSURI               string `json:"jwks_uri"`
 }
 

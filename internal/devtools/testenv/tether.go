@@ -60,6 +60,9 @@ type TetherOpts struct {
 	// NoBatching writes each job's updates on their own instead of group
 	// committing them as production does.
 	NoBatching bool
+	// StateTTL, if set, bounds OAuth2 authorizations (default app.StateTTL):
+	// tests see them expire.
+	StateTTL time.Duration
 }
 
 // TestKeyRing is a fixed key ring for tests.
@@ -150,6 +153,9 @@ func startEngine(tb testing.TB, cfg *config.Config, opts TetherOpts, role engine
 	})
 	if err != nil {
 		tb.Fatalf("testenv: %v", err)
+	}
+	if opts.StateTTL > 0 && e.Service != nil {
+		e.Service.OAuth.StateTTL = opts.StateTTL // before anything serves
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
