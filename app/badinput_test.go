@@ -370,7 +370,13 @@ func TestHostileInput(t *testing.T) {
 		{name: "UIDisconnect_JSONBody", method: "POST", path: disconnect, cookie: alice, body: `{"csrf": "` + csrfFor(alice) + `"}`, status: 403, code: app.EFORBIDDEN},
 		{name: "UIDisconnect_OtherUsersConnection", method: "POST", path: disconnect, cookie: bob, header: form, body: "csrf=" + csrfFor(bob), status: 404, code: app.ENOTFOUND},
 		{name: "UIDisconnect_TraversalID", method: "POST", path: "/ui/connections/..%2F..%2Fapi/disconnect", cookie: alice, header: form, body: "csrf=" + csrfFor(alice), status: 404, code: app.ENOTFOUND},
-		{name: "UIDisconnect_WrongMethod", method: "GET", path: disconnect, cookie: alice, status: 404, code: app.ENOTFOUND},
+		{name: "UIDisconnect_WrongMethod", method: "PUT", path: disconnect, cookie: alice, header: form, body: "csrf=" + csrfFor(alice), status: 404, code: app.ENOTFOUND},
+		{name: "UIConfirm_OtherUsersConnection", method: "GET", path: disconnect, cookie: bob, status: 404, code: app.ENOTFOUND},
+		{name: "UIConfirm_NoCookie", method: "GET", path: disconnect, status: 401, code: app.EUNAUTHORIZED},
+		{name: "UIConfirm_BadID", method: "GET", path: "/ui/connections/not-a-uuid/disconnect", cookie: alice, status: 404, code: app.ENOTFOUND},
+		{name: "UILogout_NoCookie", method: "POST", path: "/ui/logout", header: form, body: "csrf=" + csrfFor(alice), status: 401, code: app.EUNAUTHORIZED},
+		{name: "UILogout_NoCSRF", method: "POST", path: "/ui/logout", cookie: alice, header: form, body: "x=1", status: 403, code: app.EFORBIDDEN},
+		{name: "UILogout_OtherCookiesCSRF", method: "POST", path: "/ui/logout", cookie: alice, header: form, body: "csrf=" + csrfFor(bob), status: 403, code: app.EFORBIDDEN},
 
 		// ---- River UI ----
 		{name: "RiverUI_NoToken", method: "GET", path: riverui, status: 401, code: app.EUNAUTHORIZED},

@@ -31,7 +31,7 @@ type Server struct {
 	httpReq  *prometheus.CounterVec
 	httpDur  *prometheus.HistogramVec
 	gatherer prometheus.Gatherer
-	ui       UIConfig
+	ui       uiState
 }
 
 // ServerDeps are what the server is built from.
@@ -75,7 +75,7 @@ func NewServer(d ServerDeps) *Server {
 	if !d.API {
 		return s
 	}
-	s.registerUI(d.UI)
+	s.registerUI(d.UI, d.RiverUI != nil)
 	if d.RiverUI != nil {
 		// River UI shows job args and errors and can cancel or retry jobs:
 		// admins only, with the same token (bearer or cookie).

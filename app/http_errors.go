@@ -34,6 +34,9 @@ func (s *Server) handleError(err error, c echo.Context) {
 		s.logger.Error("request failed", "error", err, "path", c.Path(),
 			"request_id", c.Response().Header().Get(echo.HeaderXRequestID))
 	}
+	if s.pageError(c, err, body.Error.Code, body.Error.Message, status) {
+		return
+	}
 	if body.Error.Code == EUNAUTHORIZED {
 		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="tether"`)
 	}
