@@ -155,6 +155,8 @@ type Syncer struct {
 	// fenced, with the ZedToken of the write and when SpiceDB acknowledged
 	// it (benchmarks use it).
 	OnApplied func(kind, keyID, zedToken string, writtenAt time.Time)
+
+	failures failureLog
 }
 
 // SyncerDeps are what a Syncer is built from; every field but OnApplied
@@ -306,12 +308,12 @@ func runFenced(ctx context.Context, s *Syncer, attempt int, kind, keyID string,
 			return nil
 		}
 		if err != nil {
-			return s.failed(ctx, kind, keyID, err)
+			return s.failed(ctx, kind, keyID, attempt, err)
 		}
 		res := s.apply(ctx, keyAt{syncKey{kind, keyID}, p.generation}, p.updates)
 		s.Metrics.observeWrite(res.writeTook, res.writeErr)
 		if res.writeErr != nil {
-			return s.failed(ctx, kind, keyID, res.writeErr)
+			return s.failed(ctx, kind, keyID, attempt, res.writeErr)
 		}
 		if res.fenceErr != nil {
 			return res.fenceErr
@@ -358,11 +360,12 @@ func fence(ctx context.Context, db *pgxpool.Pool, key keyAt, token string) (bool
 // failed records a failed attempt on the key (for the API's sync status) and
 // decides between retry (transient) and cancel (permanent: the reconciler
 // picks stalled keys up again).
-func (s *Syncer) failed(ctx context.Context, kind, keyID string, err error) error {
+func (s *Syncer) failed(ctx context.Context, kind, keyID string, attempt int, err error) error {
 	// An interrupted job (shutdown, timeout) is never a permanent failure,
 	// whatever error the interrupted call returned.
 	transient := spicedb.IsTransient(err) || errors.Is(err, context.Canceled) || ctx.Err() != nil
 	s.Metrics.observeFailure(kind, transient)
+	s.logFailure(ctx, kind, keyID, attempt, transient, err)
 	msg := spicedb.ScrubError(err)
 	// A detached context: the job's context may be what just ended.
 	recordCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -375,6 +378,5 @@ func (s *Syncer) failed(ctx context.Context, kind, keyID string, err error) erro
 	if transient {
 		return err
 	}
-	s.Logger.ErrorContext(ctx, "permanent sync error; the reconciler will retry the key", "kind", kind, "error", msg)
 	return river.JobCancel(err)
 }
