@@ -22,7 +22,9 @@ commands:
   migrate up|down|status          Postgres (Tether, River) and SpiceDB schema
   reconcile [--dry-run] [--output text|json]
                                   compare SpiceDB with the database and repair it
-  status                          migrations, queue, failing jobs, unapplied changes, last reconcile
+  status                          services, migrations, queue, failing jobs, unapplied changes, last reconcile;
+                                  exit 3 when degraded (SpiceDB unreachable, schema or migrations behind),
+                                  69 when Postgres cannot be reached
   keys rotate                     re-encrypt secrets at rest under the first key of TETHER_ENCRYPTION_KEYS
   token --sub ID [--admin] [--ttl 1h]
                                   print an HS256 JWT signed with TETHER_AUTH_HMAC_SECRET

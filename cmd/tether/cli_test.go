@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -428,4 +429,51 @@ func TestReconcile(t *testing.T) {
 	rels, err := spice.ReadResource(context.Background(), spicedb.TypeResourcePool, "1")
 	require.NoError(t, err)
 	require.Empty(t, rels)
+}
+
+// With SpiceDB stopped, `tether status` still shows everything Postgres
+// knows, marks SpiceDB unreachable and exits with the degraded code, fast.
+// With Postgres unreachable there is nothing to show: exit 69.
+func TestStatusWithSpiceDBDown(t *testing.T) {
+	t.Parallel()
+	e := newEnv(testenv.DatabaseURL(t))
+	spice := testenv.StartSpiceDBProcess(t, false)
+	cfg := spice.Config()
+	e["TETHER_SPICEDB_ENDPOINT"], e["TETHER_SPICEDB_TOKEN"] = cfg.Endpoint, cfg.Token
+	testenv.SpiceDB(t, cfg) // the schema
+	// A change waiting to be applied: part of what Postgres knows.
+	conn, err := pgx.Connect(context.Background(), e["TETHER_DATABASE_URL"])
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(context.Background(), `INSERT INTO sync_state (kind, key_id, resource_pool_id, generation, pending_since)
+		VALUES ('pool', '7', 7, nextval('sync_generation_seq'), now() - interval '1 minute')`)
+	require.NoError(t, err)
+
+	code, stdout, stderr := runCLI(t, e, "status")
+	require.Equal(t, 0, code, "stdout: %s\nstderr: %s", stdout, stderr)
+	require.Regexp(t, `spicedb\s+ok\s+`+regexp.QuoteMeta(cfg.Endpoint), stdout)
+	require.Regexp(t, `OVERALL\n\s+ok`, stdout)
+
+	spice.Stop()
+	start := time.Now()
+	code, stdout, stderr = runCLI(t, e, "status")
+	elapsed := time.Since(start)
+	require.Equal(t, 3, code, "stdout: %s\nstderr: %s", stdout, stderr)
+	require.Less(t, elapsed, 5*time.Second, "SpiceDB down must not hold up the report")
+	require.Regexp(t, `postgres\s+ok\s+`, stdout)
+	require.Regexp(t, `spicedb\s+unreachable\s+`+regexp.QuoteMeta(cfg.Endpoint)+`: Unavailable`, stdout)
+	for _, want := range []string{"MIGRATIONS", "postgres: tether", "up to date", "spicedb: schema", "unknown (SpiceDB unreachable)",
+		"JOBS BY STATE", "FAILING JOBS", "LAST RECONCILE", "never run", "degraded: SpiceDB unreachable"} {
+		require.Contains(t, stdout, want)
+	}
+	require.Regexp(t, `keys with unapplied changes\s+1\n`, stdout)
+	require.Regexp(t, `oldest unapplied change\s+1m`, stdout)
+	require.Contains(t, stderr, "degraded: SpiceDB unreachable (exit 3)")
+	t.Logf("status with SpiceDB stopped, in %s:\n%s", elapsed.Round(time.Millisecond), stdout)
+
+	e["TETHER_DATABASE_URL"] = fmt.Sprintf("postgres://postgres:hunter2hunter2@127.0.0.1:%d/tether?sslmode=disable", closedPort(t))
+	code, stdout, stderr = runCLI(t, e, "status")
+	require.Equal(t, 69, code, "stdout: %s\nstderr: %s", stdout, stderr)
+	require.Contains(t, stderr, "TETHER_DATABASE_URL: cannot reach Postgres")
+	require.NotContains(t, stderr, "hunter2hunter2")
 }

@@ -80,6 +80,9 @@ const (
 type Error struct {
 	Variable string
 	Problem  string
+	// Unreachable: the setting may be right but its service did not answer
+	// (tether status tells that apart from a bad setting).
+	Unreachable bool
 }
 
 func (e *Error) Error() string { return e.Variable + ": " + e.Problem }

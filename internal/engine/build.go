@@ -44,7 +44,7 @@ func (e *Engine) connect(ctx context.Context) error {
 	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := e.DB.Ping(pingCtx); err != nil {
-		return &config.Error{Variable: "TETHER_DATABASE_URL", Problem: "cannot reach Postgres: " + redactURLError(err, cfg.DatabaseURL)}
+		return &config.Error{Variable: "TETHER_DATABASE_URL", Problem: "cannot reach Postgres: " + redactURLError(err, cfg.DatabaseURL), Unreachable: true}
 	}
 	if e.opts.CheckMigrations {
 		if err := checkMigrations(ctx, e.DB); err != nil {
@@ -61,7 +61,7 @@ func (e *Engine) connect(ctx context.Context) error {
 	e.closers = append(e.closers, func() { _ = e.SpiceDB.Close() })
 	if e.opts.CheckSpiceDB {
 		if _, err := e.SpiceDB.CheckSchema(pingCtx); err != nil {
-			return &config.Error{Variable: "TETHER_SPICEDB_ENDPOINT",
+			return &config.Error{Variable: "TETHER_SPICEDB_ENDPOINT", Unreachable: true,
 				Problem: "cannot reach SpiceDB at " + spiceCfg.Endpoint + ": " + spicedb.ScrubError(err)}
 		}
 	}
