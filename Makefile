@@ -37,6 +37,9 @@ run: build bin/spicedb ## run Tether + a dev OAuth2 provider on a local Postgres
 test: deps build bin/spicedb ## run all tests (race detector) on a throwaway Postgres + SpiceDB
 	bin/devstack --test -- $(GO) test $(TEST_FLAGS) ./...
 
+screenshots: deps build bin/spicedb ## retake the page's screenshots in docs/screenshots (the browser tests)
+	TETHER_SCREENSHOTS=$(CURDIR)/docs/screenshots bin/devstack --test -- $(GO) test -count=1 -run '^TestBrowser' ./app
+
 FUZZTIME ?= 2m
 fuzz: build bin/spicedb ## run every fuzz target for FUZZTIME (default 2m each)
 	bin/devstack --test -- bash -c 'set -e; \
@@ -65,4 +68,4 @@ verify: ## fail if generated code is stale, code is unformatted or vet complains
 	$(GO) vet ./...
 	$(GO) mod tidy -diff
 
-.PHONY: help build deps run test fuzz bench soak alerts generate verify
+.PHONY: help build deps run test screenshots fuzz bench soak alerts generate verify

@@ -10,6 +10,9 @@
 // TETHER_TEST_SPICEDB_ENDPOINT (--test: a fresh cluster in a temporary
 // folder, SpiceDB in memory with one empty store per token). Variables that
 // are already set are kept: `make run` then uses your Postgres or SpiceDB.
+// A folder is used by one devstack at a time (a second one fails at once),
+// and keeps its ports from one run to the next when they are free; the
+// command also gets TETHER_DEV_DIR.
 package main
 
 import (
@@ -42,8 +45,7 @@ func run() int {
 	defer stop()
 	logf := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "devstack: "+format+"\n", a...) }
 
-	opts := devstack.Options{Dir: *dir, Logf: logf}
-	env := os.Environ()
+	opts := devstack.Options{Dir: *dir, Logf: logf, StablePorts: true}
 	if *test {
 		tmp, err := os.MkdirTemp("", "tether-test-*")
 		if err != nil {
@@ -70,40 +72,53 @@ func run() int {
 		return 1
 	}
 	defer stack.Stop()
-
-	if *test {
-		env = append(env, "TETHER_TEST_ADMIN_URL="+stack.AdminURL, "TETHER_TEST_SPICEDB_ENDPOINT="+stack.SpiceDBEndpoint,
-			"TETHER_TEST_POSTGRES_BIN="+stack.PostgresBinDir)
-	} else {
-		setDefault := func(name, value string) {
-			if os.Getenv(name) == "" {
-				env = append(env, name+"="+value)
-			}
-		}
-		if !opts.SkipPostgres {
-			env = append(env, "TETHER_DATABASE_URL="+stack.DatabaseURL)
-		}
-		if !opts.SkipSpiceDB {
-			token := stack.SpiceDBToken
-			if opts.SpiceDBMemory {
-				token = "dev"
-			}
-			env = append(env, "TETHER_SPICEDB_ENDPOINT="+stack.SpiceDBEndpoint, "TETHER_SPICEDB_TOKEN="+token, "TETHER_SPICEDB_INSECURE=true")
-		}
-		hmac, err := stack.PersistentSecret("auth-hmac-secret")
-		if err != nil {
-			logf("%v", err)
-			return 1
-		}
-		setDefault("TETHER_AUTH_HMAC_SECRET", hmac)
-		key, err := stack.PersistentSecret("encryption-key")
-		if err != nil {
-			logf("%v", err)
-			return 1
-		}
-		setDefault("TETHER_ENCRYPTION_KEYS", "dev1:"+devstack.StdBase64(key))
+	env, err := childEnv(stack, opts, *test)
+	if err != nil {
+		logf("%v", err)
+		return 1
 	}
+	return runChild(ctx, args, env, logf)
+}
 
+// childEnv is the command's environment: the stack's services, and for
+// make run the persistent dev secrets, unless already set.
+func childEnv(stack *devstack.Stack, opts devstack.Options, test bool) ([]string, error) {
+	env := os.Environ()
+	if test {
+		return append(env, "TETHER_TEST_ADMIN_URL="+stack.AdminURL, "TETHER_TEST_SPICEDB_ENDPOINT="+stack.SpiceDBEndpoint,
+			"TETHER_TEST_POSTGRES_BIN="+stack.PostgresBinDir), nil
+	}
+	setDefault := func(name, value string) {
+		if os.Getenv(name) == "" {
+			env = append(env, name+"="+value)
+		}
+	}
+	env = append(env, "TETHER_DEV_DIR="+opts.Dir)
+	if !opts.SkipPostgres {
+		env = append(env, "TETHER_DATABASE_URL="+stack.DatabaseURL)
+	}
+	if !opts.SkipSpiceDB {
+		token := stack.SpiceDBToken
+		if opts.SpiceDBMemory {
+			token = "dev"
+		}
+		env = append(env, "TETHER_SPICEDB_ENDPOINT="+stack.SpiceDBEndpoint, "TETHER_SPICEDB_TOKEN="+token, "TETHER_SPICEDB_INSECURE=true")
+	}
+	hmac, err := stack.PersistentSecret("auth-hmac-secret")
+	if err != nil {
+		return nil, err
+	}
+	setDefault("TETHER_AUTH_HMAC_SECRET", hmac)
+	key, err := stack.PersistentSecret("encryption-key")
+	if err != nil {
+		return nil, err
+	}
+	setDefault("TETHER_ENCRYPTION_KEYS", "dev1:"+devstack.StdBase64(key))
+	return env, nil
+}
+
+// runChild runs the command until it ends or Ctrl-C stops it.
+func runChild(ctx context.Context, args, env []string, logf func(string, ...any)) int {
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	cmd.Env = env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr

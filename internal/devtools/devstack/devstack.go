@@ -41,7 +41,10 @@ type Options struct {
 	// SkipPostgres / SkipSpiceDB leave a service to the caller (it was
 	// configured from the environment).
 	SkipPostgres, SkipSpiceDB bool
-	Logf                      func(format string, args ...any)
+	// StablePorts reuses the ports of the last run in Dir when they are
+	// free (make run: the printed environment stays right).
+	StablePorts bool
+	Logf        func(format string, args ...any)
 }
 
 // Stack is a running set of local services.
@@ -54,8 +57,9 @@ type Stack struct {
 	SpiceDBToken    string
 	PostgresBinDir  string
 
-	procs []*exec.Cmd
-	opts  Options
+	procs  []*exec.Cmd
+	opts   Options
+	unlock func()
 }
 
 // Start starts the services. Call Stop when done.
@@ -66,7 +70,11 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("error creating %s: %w", opts.Dir, err)
 	}
-	s := &Stack{opts: opts}
+	unlock, err := lockDir(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Stack{opts: opts, unlock: unlock}
 	defer func() {
 		if err != nil {
 			s.Stop()
@@ -103,6 +111,10 @@ func (s *Stack) Stop() {
 		}
 	}
 	s.procs = nil
+	if s.unlock != nil {
+		s.unlock()
+		s.unlock = nil
+	}
 }
 
 // PostgresBinDir finds initdb and postgres: on PATH, through pg_config, or
@@ -176,7 +188,10 @@ func (s *Stack) startPostgres(ctx context.Context) error {
 		}
 		s.opts.Logf("initialized Postgres cluster in %s", dataDir)
 	}
-	port, err := freePort()
+	if err := checkPostmasterPID(dataDir); err != nil {
+		return err
+	}
+	port, err := s.port("postgres")
 	if err != nil {
 		return err
 	}
@@ -216,6 +231,9 @@ func (s *Stack) launchPostgres(ctx context.Context, binDir string, cred *syscall
 		return nil, fmt.Errorf("error starting Postgres: %w", err)
 	}
 	if err := waitFor(ctx, 60*time.Second, func(ctx context.Context) error {
+		if processExited(cmd.Process.Pid) {
+			return permanentError{fmt.Errorf("it exited at once:\n%s", logTail(logFile.Name(), 5))}
+		}
 		conn, err := pgx.Connect(ctx, s.AdminURL)
 		if err != nil {
 			return err
@@ -290,45 +308,13 @@ func (s *Stack) startSpiceDB(ctx context.Context) error {
 			return err
 		}
 	}
-	grpcPort, err := freePort()
+	grpcPort, err := s.port("spicedb-grpc")
 	if err != nil {
 		return err
 	}
-	readonlyPort, err := freePort()
+	args, err := s.spiceDBArgs(ctx, bin, grpcPort)
 	if err != nil {
 		return err
-	}
-	var args []string
-	if s.opts.SpiceDBMemory {
-		s.SpiceDBToken = "" // serve-testing: any token; each one is its own store
-		args = []string{"serve-testing", "--skip-release-check",
-			"--grpc-addr", fmt.Sprintf("127.0.0.1:%d", grpcPort),
-			"--readonly-grpc-addr", fmt.Sprintf("127.0.0.1:%d", readonlyPort)}
-	} else {
-		if s.DatabaseURL == "" {
-			return errors.New("SpiceDB on Postgres needs the stack's Postgres")
-		}
-		key, err := persistentSecret(filepath.Join(s.opts.Dir, "spicedb-preshared-key"))
-		if err != nil {
-			return err
-		}
-		s.SpiceDBToken = key
-		uri := strings.Replace(s.DatabaseURL, "/tether?", "/spicedb?", 1)
-		migrate := exec.CommandContext(ctx, bin, "datastore", "migrate", "head", "--skip-release-check",
-			"--datastore-engine", "postgres", "--datastore-conn-uri", uri)
-		if out, err := migrate.CombinedOutput(); err != nil {
-			return fmt.Errorf("error migrating SpiceDB's datastore: %w\n%s", err, out)
-		}
-		metricsPort, err := freePort()
-		if err != nil {
-			return err
-		}
-		args = []string{"serve", "--skip-release-check", "--telemetry-endpoint=",
-			"--grpc-preshared-key", key,
-			"--datastore-engine", "postgres", "--datastore-conn-uri", uri,
-			"--grpc-addr", fmt.Sprintf("127.0.0.1:%d", grpcPort),
-			"--http-enabled=false", "--dispatch-cluster-enabled=false",
-			"--metrics-addr", fmt.Sprintf("127.0.0.1:%d", metricsPort)}
 	}
 	logFile, err := os.OpenFile(filepath.Join(s.opts.Dir, "spicedb.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -344,6 +330,9 @@ func (s *Stack) startSpiceDB(ctx context.Context) error {
 	s.procs = append(s.procs, cmd)
 	s.SpiceDBEndpoint = fmt.Sprintf("127.0.0.1:%d", grpcPort)
 	if err := waitFor(ctx, 60*time.Second, func(ctx context.Context) error {
+		if processExited(cmd.Process.Pid) {
+			return permanentError{fmt.Errorf("it exited at once:\n%s", logTail(logFile.Name(), 5))}
+		}
 		conn, err := net.DialTimeout("tcp", s.SpiceDBEndpoint, time.Second)
 		if err != nil {
 			return err
@@ -354,6 +343,45 @@ func (s *Stack) startSpiceDB(ctx context.Context) error {
 	}
 	s.opts.Logf("SpiceDB listening on %s", s.SpiceDBEndpoint)
 	return nil
+}
+
+// spiceDBArgs are SpiceDB's command line: in memory (serve-testing), or on
+// its own database in the stack's Postgres, migrated first.
+func (s *Stack) spiceDBArgs(ctx context.Context, bin string, grpcPort int) ([]string, error) {
+	if s.opts.SpiceDBMemory {
+		readonlyPort, err := s.port("spicedb-readonly")
+		if err != nil {
+			return nil, err
+		}
+		s.SpiceDBToken = "" // serve-testing: any token; each one is its own store
+		return []string{"serve-testing", "--skip-release-check",
+			"--grpc-addr", fmt.Sprintf("127.0.0.1:%d", grpcPort),
+			"--readonly-grpc-addr", fmt.Sprintf("127.0.0.1:%d", readonlyPort)}, nil
+	}
+	if s.DatabaseURL == "" {
+		return nil, errors.New("SpiceDB on Postgres needs the stack's Postgres")
+	}
+	key, err := persistentSecret(filepath.Join(s.opts.Dir, "spicedb-preshared-key"))
+	if err != nil {
+		return nil, err
+	}
+	s.SpiceDBToken = key
+	uri := strings.Replace(s.DatabaseURL, "/tether?", "/spicedb?", 1)
+	migrate := exec.CommandContext(ctx, bin, "datastore", "migrate", "head", "--skip-release-check",
+		"--datastore-engine", "postgres", "--datastore-conn-uri", uri)
+	if out, err := migrate.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("error migrating SpiceDB's datastore: %w\n%s", err, out)
+	}
+	metricsPort, err := s.port("spicedb-metrics")
+	if err != nil {
+		return nil, err
+	}
+	return []string{"serve", "--skip-release-check", "--telemetry-endpoint=",
+		"--grpc-preshared-key", key,
+		"--datastore-engine", "postgres", "--datastore-conn-uri", uri,
+		"--grpc-addr", fmt.Sprintf("127.0.0.1:%d", grpcPort),
+		"--http-enabled=false", "--dispatch-cluster-enabled=false",
+		"--metrics-addr", fmt.Sprintf("127.0.0.1:%d", metricsPort)}, nil
 }
 
 // persistentSecret reads a random secret from path, creating it once.
@@ -405,6 +433,9 @@ func waitFor(ctx context.Context, timeout time.Duration, try func(context.Contex
 		attemptCancel()
 		if last == nil {
 			return nil
+		}
+		if errors.As(last, &permanentError{}) {
+			return last
 		}
 		select {
 		case <-ctx.Done():
