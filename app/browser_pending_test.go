@@ -15,13 +15,13 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tetherhq/tether/internal/devtools/testenv"
-	"github.com/tetherhq/tether/jobs"
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 // failWrites makes SpiceDB refuse writes (Unavailable) while down is set:
 // an outage, injected.
-func failWrites(down *atomic.Bool) func(*jobs.SpiceDBConfig) {
-	return func(cfg *jobs.SpiceDBConfig) {
+func failWrites(down *atomic.Bool) func(*spicedb.Config) {
+	return func(cfg *spicedb.Config) {
 		cfg.DialOptions = append(cfg.DialOptions, grpc.WithUnaryInterceptor(
 			func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 				if down.Load() && method == "/authzed.api.v1.PermissionsService/WriteRelationships" {
