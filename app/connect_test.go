@@ -47,15 +47,15 @@ func TestAbandonedConnectEnds(t *testing.T) {
 
 	conns := b.listConnections(t, alice)
 	require.Len(t, conns, 1)
-	require.Equal(t, "pending", conns[0].Status)
+	require.Equal(t, app.StatusPending, conns[0].Status)
 	require.NotNil(t, conns[0].AuthorizingUntil)
-	require.Equal(t, "none", conns[0].Sync.State, "nothing is waiting to be applied")
+	require.Equal(t, app.SyncNone, conns[0].Sync.State, "nothing is waiting to be applied")
 	pendingID := conns[0].ID
 	conns = b.listConnections(t, bob)
 	require.Len(t, conns, 1)
-	require.Equal(t, "connected", conns[0].Status, "a re-authorization keeps the connection")
+	require.Equal(t, app.StatusConnected, conns[0].Status, "a re-authorization keeps the connection")
 	require.NotNil(t, conns[0].AuthorizingUntil)
-	require.Equal(t, "synced", conns[0].Sync.State)
+	require.Equal(t, app.SyncSynced, conns[0].Sync.State)
 	oldest, err := dbsqlc.New().SyncOldestPending(ctx, b.tt.DB)
 	require.NoError(t, err)
 	require.Zero(t, oldest.PendingKeys, "an authorization in flight is no sync work")
@@ -72,7 +72,7 @@ func TestAbandonedConnectEnds(t *testing.T) {
 
 	conns = b.listConnections(t, bob)
 	require.Len(t, conns, 1)
-	require.Equal(t, "connected", conns[0].Status, "bob falls back to connected")
+	require.Equal(t, app.StatusConnected, conns[0].Status, "bob falls back to connected")
 	require.Nil(t, conns[0].AuthorizingUntil)
 	require.True(t, b.tt.CanView(t, "bob", b.pool.ID), "with his access")
 
@@ -80,7 +80,7 @@ func TestAbandonedConnectEnds(t *testing.T) {
 	resp, body = get(t, bob, bobCallback.String())
 	require.Equal(t, http.StatusFound, resp.StatusCode, body)
 	require.Equal(t, "/ui/?error=authorization_expired", resp.Header.Get("Location"))
-	require.Equal(t, "connected", b.connection(t, "bob").Status)
+	require.Equal(t, app.StatusConnected, b.connection(t, "bob").Status)
 	require.True(t, b.tt.CanView(t, "bob", b.pool.ID))
 }
 
@@ -97,7 +97,7 @@ func TestConnectionShowsAccount(t *testing.T) {
 	conns := b.listConnections(t, alice)
 	require.Len(t, conns, 1)
 	c := conns[0]
-	require.Equal(t, "connected", c.Status)
+	require.Equal(t, app.StatusConnected, c.Status)
 	require.NotNil(t, c.Account)
 	require.Equal(t, b.op.Users[0].Username, *c.Account)
 	require.Subset(t, c.Scopes, []string{"openid", "profile", "offline_access"})
