@@ -39,10 +39,11 @@ func flashFrom(query url.Values, names map[string]string, conns map[string]*Conn
 			errCode = flowFailed
 		}
 		provider, ok := name(query.Get("provider"))
+		start := provider // how a sentence starts with it
 		if !ok {
-			provider = "The service"
+			provider, start = "the service", "The service"
 		}
-		return &flash{Kind: "error", Text: flowErrorText(errCode, provider)}
+		return &flash{Kind: "error", Text: flowErrorText(errCode, provider, start)}
 	}
 	if provider, ok := name(query.Get("disconnected")); ok {
 		key := keys[query.Get("disconnected")]
@@ -67,7 +68,9 @@ func flashFrom(query url.Values, names map[string]string, conns map[string]*Conn
 	return nil
 }
 
-func flowErrorText(code, provider string) string {
+// flowErrorText says what a flow's error code means; provider names the
+// provider within a sentence, start at its beginning.
+func flowErrorText(code, provider, start string) string {
 	switch code {
 	case "access_denied":
 		return "You declined access at " + provider + ". Nothing was connected."
@@ -76,17 +79,20 @@ func flowErrorText(code, provider string) string {
 	case flowInvalidState:
 		return "That sign-in could not be completed: it was used already, or was started in another browser or by another user. Nothing was connected: connect again."
 	case flowExchangeFailed:
-		return provider + " did not accept the sign-in. Nothing was connected: try again."
+		return start + " did not accept the sign-in. Nothing was connected: try again."
 	case flowUnknownProvider:
 		return "That service is not configured in Tether (any more)."
 	case flowProviderUnavailable:
-		return provider + " cannot be reached right now. Nothing was connected: try again in a minute."
+		return start + " cannot be reached right now. Nothing was connected: try again in a minute."
 	case "temporarily_unavailable", "server_error":
-		return provider + " had a problem (" + code + "). Nothing was connected: try again in a minute."
-	case flowFailed:
-		return "The connection did not complete. Nothing was connected: try again."
+		return start + " had a problem (" + code + "). Nothing was connected: try again in a minute."
+	case "invalid_request", "unauthorized_client", "unsupported_response_type", "invalid_scope":
+		// RFC 6749 §4.1.2.1: the provider refused the request Tether made.
+		return start + " refused the connection (" + code + "): an administrator needs to check its settings. Nothing was connected."
 	}
-	return provider + " refused the connection (" + code + "). Nothing was connected."
+	// flowFailed, and any code no one defined: not echoed, since a link to
+	// the page could carry any words in it.
+	return "The connection did not complete. Nothing was connected: try again."
 }
 
 // wantsPage tells a person's browser navigating to a page (which should see

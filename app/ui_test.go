@@ -94,3 +94,27 @@ func TestPageShowsConnectInFlight(t *testing.T) {
 	require.Contains(t, body, `id="connect-dev" href="/api/data/oauth2/providers/dev/authorize?next_url=%2Fui%2F%3Fprovider%3Ddev"`)
 	require.NotContains(t, body, `id="disconnect-dev"`, "nothing to disconnect yet")
 }
+
+// The page says in words what the flow's codes mean, and echoes none it
+// does not know: a link to the page cannot put words in Tether's mouth.
+func TestPageFlowMessages(t *testing.T) {
+	t.Parallel()
+	b := setupOAuth(t)
+	client := b.browser(t, "alice")
+	for query, want := range map[string]string{
+		"provider=dev&error=access_denied":                  "You declined access at Dev. Nothing was connected.",
+		"provider=dev&error=authorization_expired":          "The sign-in at Dev took too long and expired.",
+		"provider=dev&error=invalid_scope":                  "Dev refused the connection (invalid_scope): an administrator needs to check its settings.",
+		"provider=dev&error=temporarily_unavailable":        "Dev had a problem (temporarily_unavailable).",
+		"provider=nope&error=access_denied":                 "You declined access at the service.",
+		"error=invalid_state":                               "That sign-in could not be completed",
+		"provider=dev&error=call_us_your_account_is_locked": "The connection did not complete. Nothing was connected: try again.",
+		"provider=dev&error=%3Cscript%3E":                   "The connection did not complete.",
+	} {
+		resp, body := get(t, client, b.url+"/ui/?"+query)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.Contains(t, body, want, query)
+		require.NotContains(t, body, "call_us", query)
+		require.NotContains(t, body, "<script>", query)
+	}
+}
