@@ -73,7 +73,8 @@ type gate struct {
 	once    sync.Once
 	entered chan struct{}
 	release chan struct{}
-	landed  chan struct{}
+	landed  chan struct{} // closed when the held call has returned
+	err     error         // what the held call returned, once landed is closed
 }
 
 func newGate(match func(*v1.WriteRelationshipsRequest) bool) *gate {
@@ -92,14 +93,18 @@ func (g *gate) interceptor() grpc.DialOption {
 			return invoker(ctx, method, req, reply, cc, opts...)
 		}
 		close(g.entered)
-		// The test releases the gate; a test that failed before doing so
-		// ends the call through its context instead of hanging it.
+		// The test releases the gate; a call whose context ends first (its
+		// deadline, or a test that failed before releasing) ends there, and
+		// never reaches SpiceDB.
 		select {
 		case <-g.release:
 		case <-ctx.Done():
-			return ctx.Err()
+			g.err = ctx.Err()
+			close(g.landed)
+			return g.err
 		}
 		err := invoker(ctx, method, req, reply, cc, opts...)
+		g.err = err
 		close(g.landed)
 		return err
 	})

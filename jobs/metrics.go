@@ -27,6 +27,7 @@ type Metrics struct {
 	SyncFenceRetries    prometheus.Counter
 	SyncFailures        *prometheus.CounterVec
 	Jobs                *prometheus.CounterVec
+	JobsReclaimed       *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -59,8 +60,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tether_jobs_total",
 			Help: "Job attempts finished by this process, by job kind and outcome (completed, failed, cancelled, discarded, snoozed).",
 		}, []string{"job_kind", "outcome"}),
+		JobsReclaimed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_jobs_reclaimed_total",
+			Help: "Running jobs this process took over from worker processes that stopped renewing their lease (presumed dead), by job kind.",
+		}, []string{"job_kind"}),
 	}
-	reg.MustRegister(m.SpiceDBWriteSeconds, m.SyncLagSeconds, m.SyncApplied, m.SyncFenceRetries, m.SyncFailures, m.Jobs)
+	reg.MustRegister(m.SpiceDBWriteSeconds, m.SyncLagSeconds, m.SyncApplied, m.SyncFenceRetries, m.SyncFailures, m.Jobs, m.JobsReclaimed)
 	return m
 }
 
@@ -87,6 +92,13 @@ func (m *Metrics) observeFenceRetries(n int) {
 		return
 	}
 	m.SyncFenceRetries.Add(float64(n))
+}
+
+func (m *Metrics) observeReclaimed(jobKind string) {
+	if m == nil {
+		return
+	}
+	m.JobsReclaimed.WithLabelValues(jobKind).Inc()
 }
 
 func (m *Metrics) observeFailure(kind string, transient bool) {

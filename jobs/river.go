@@ -33,6 +33,10 @@ type ClientConfig struct {
 	// ExpireInterval is how often abandoned authorizations are ended
 	// (0: DefaultExpireInterval).
 	ExpireInterval time.Duration
+	// WorkerLeaseTTL is how long a working process that stopped renewing its
+	// lease keeps its running jobs before the other workers take them over
+	// (0: DefaultWorkerLeaseTTL).
+	WorkerLeaseTTL time.Duration
 	Logger         *slog.Logger
 }
 
@@ -46,11 +50,13 @@ func DefaultClientConfig() ClientConfig {
 		JobTimeout:           30 * time.Second,
 		RescueStuckJobsAfter: 2 * time.Minute,
 		ReconcileInterval:    10 * time.Minute,
+		WorkerLeaseTTL:       DefaultWorkerLeaseTTL,
 	}
 }
 
 // NewClient builds the River client with every Tether worker registered (a
-// leader must know every kind, or it discards their stuck jobs).
+// leader must know every kind, or it discards their stuck jobs). Start it
+// with StartClient: a client that works jobs runs a worker lease beside it.
 func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (*river.Client[pgx.Tx], *Enqueuer, error) {
 	if db == nil || syncer == nil {
 		return nil, nil, errors.New("jobs.NewClient: missing pool or syncer")
@@ -58,6 +64,9 @@ func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (*river.Clien
 	if cfg.RescueStuckJobsAfter <= cfg.JobTimeout {
 		return nil, nil, fmt.Errorf("rescue time %s must exceed the job timeout %s, or running jobs are rescued while they run",
 			cfg.RescueStuckJobsAfter, cfg.JobTimeout)
+	}
+	if cfg.WorkerLeaseTTL < 0 {
+		return nil, nil, fmt.Errorf("worker lease TTL %s must not be negative", cfg.WorkerLeaseTTL)
 	}
 	enqueuer := &Enqueuer{}
 	workers := river.NewWorkers()
@@ -78,7 +87,11 @@ func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (*river.Clien
 		Middleware:           []rivertype.Middleware{syncer.Metrics.middleware()},
 		Workers:              workers,
 	}
+	var lease *workerLease
 	if cfg.Work {
+		lease = newWorkerLease(cmp.Or(cfg.WorkerLeaseTTL, DefaultWorkerLeaseTTL), orDiscard(syncer.Logger))
+		rc.ID = lease.clientID
+		rc.Middleware = append(rc.Middleware, lease.middleware())
 		rc.Queues = map[string]river.QueueConfig{river.QueueDefault: {
 			MaxWorkers: cfg.MaxWorkers, FetchCooldown: cfg.FetchCooldown, FetchPollInterval: cfg.FetchPollInterval,
 		}}
@@ -100,7 +113,18 @@ func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (*river.Clien
 		return nil, nil, fmt.Errorf("error creating River client: %w", err)
 	}
 	enqueuer.River = client
+	if lease != nil {
+		unstarted.Store(client, &workerRuntime{jobsDB: db, lease: lease,
+			reclaimer: &reclaimer{river: client, logger: orDiscard(syncer.Logger), metrics: syncer.Metrics}})
+	}
 	return client, enqueuer, nil
+}
+
+func orDiscard(logger *slog.Logger) *slog.Logger {
+	if logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return logger
 }
 
 // NewReconciler builds a reconciler for one-off use (the CLI).

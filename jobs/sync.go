@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
 
 	"github.com/tetherhq/tether/db/dbsqlc"
 	"github.com/tetherhq/tether/internal/keyring"
@@ -219,7 +220,7 @@ func (w *ConnectionWorker) Work(ctx context.Context, job *river.Job[SyncConnecti
 	args := job.Args
 	keyID := ConnectionKeyID(args.ProviderID, args.UserID)
 	rel := spicedb.Relationship{ResourceType: spicedb.TypeOAuth2Client, ResourceID: args.ProviderID, Relation: spicedb.RelConnected, SubjectType: spicedb.TypeUser, SubjectID: spicedb.SubjectID(args.UserID)}
-	return runFenced(ctx, w.Syncer, job.Attempt, KeyKindConnection, keyID, func(ctx context.Context) (syncPlan, error) {
+	return runFenced(ctx, w.Syncer, job.JobRow, KeyKindConnection, keyID, func(ctx context.Context) (syncPlan, error) {
 		desired, err := dbsqlc.New().SyncConnectionDesired(ctx, w.DB, &dbsqlc.SyncConnectionDesiredParams{
 			KeyID: keyID, ProviderID: args.ProviderID, UserID: args.UserID,
 		})
@@ -246,7 +247,7 @@ func (w *PoolWorker) NextRetry(job *river.Job[SyncPoolArgs]) time.Time {
 func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) error {
 	poolID := job.Args.ResourcePoolID
 	resourceID := fmt.Sprint(poolID)
-	return runFenced(ctx, w.Syncer, job.Attempt, KeyKindPool, resourceID, func(ctx context.Context) (syncPlan, error) {
+	return runFenced(ctx, w.Syncer, job.JobRow, KeyKindPool, resourceID, func(ctx context.Context) (syncPlan, error) {
 		desired, err := dbsqlc.New().SyncPoolDesired(ctx, w.DB, &dbsqlc.SyncPoolDesiredParams{KeyID: resourceID, ResourcePoolID: poolID})
 		if err != nil {
 			return syncPlan{}, fmt.Errorf("error reading pool state: %w", err)
@@ -290,27 +291,43 @@ type syncPlan struct {
 	updates []spicedb.Update
 }
 
+// mustWrite says a job may have written before (a retry, a rescued job, or
+// the replacement of one taken over from a dead worker), so it writes even if
+// its key looks settled.
+func mustWrite(job *rivertype.JobRow) bool {
+	return job.Attempt > 1 || reclaimed(job)
+}
+
 // runFenced is the heart of the sync: read the key's desired relationships and
 // generation (one snapshot), write them, then record the generation as
 // applied only if it is still the key's generation. If the key changed meanwhile, another job may already
 // have written the newer state before this job's write landed, so go round
 // again: the last write for a key is always made from its newest state.
-func runFenced(ctx context.Context, s *Syncer, attempt int, kind, keyID string,
+func runFenced(ctx context.Context, s *Syncer, job *rivertype.JobRow, kind, keyID string,
 	plan func(ctx context.Context) (syncPlan, error),
 ) error {
+	attempt, wrote := job.Attempt, mustWrite(job)
 	for round := 0; ; round++ {
 		p, err := plan(ctx)
-		if err == nil && p.settled && attempt == 1 && round == 0 {
+		if err == nil && p.settled && !wrote && round == 0 {
 			// Another job applied this key's newest state (this job's change
 			// included) and fenced it. A first attempt has written nothing that
-			// could be stale, so there is nothing to do. (Retries and rescued
-			// jobs may have: they always write.)
+			// could be stale, so there is nothing to do. (Retries, rescued jobs
+			// and replacements of jobs taken over from dead workers may have:
+			// they always write.)
 			return nil
 		}
 		if err != nil {
 			return s.failed(ctx, kind, keyID, attempt, err)
 		}
-		res := s.apply(ctx, keyAt{syncKey{kind, keyID}, p.generation}, p.updates)
+		// Bounded by this process's worker lease: no write of a job that
+		// another worker may take over lands after the takeover.
+		writeCtx, cancel, err := leaseWriteContext(ctx)
+		if err != nil {
+			return s.failed(ctx, kind, keyID, attempt, err)
+		}
+		res := s.apply(writeCtx, keyAt{syncKey{kind, keyID}, p.generation}, p.updates)
+		cancel()
 		s.Metrics.observeWrite(res.writeTook, res.writeErr)
 		if res.writeErr != nil {
 			return s.failed(ctx, kind, keyID, attempt, res.writeErr)
@@ -363,7 +380,7 @@ func fence(ctx context.Context, db *pgxpool.Pool, key keyAt, token string) (bool
 func (s *Syncer) failed(ctx context.Context, kind, keyID string, attempt int, err error) error {
 	// An interrupted job (shutdown, timeout) is never a permanent failure,
 	// whatever error the interrupted call returned.
-	transient := spicedb.IsTransient(err) || errors.Is(err, context.Canceled) || ctx.Err() != nil
+	transient := spicedb.IsTransient(err) || errors.Is(err, context.Canceled) || errors.Is(err, ErrWorkerLeaseLost) || ctx.Err() != nil
 	s.Metrics.observeFailure(kind, transient)
 	s.logFailure(ctx, kind, keyID, attempt, transient, err)
 	msg := spicedb.ScrubError(err)

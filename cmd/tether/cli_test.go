@@ -169,6 +169,8 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 			"TETHER_DATABASE_URL", 78},
 		{"serve without any auth", []string{"serve"},
 			env{"TETHER_AUTH_HMAC_SECRET": ""}, "TETHER_AUTH_HMAC_SECRET", 78},
+		{"worker lease not shorter than the rescue horizon", []string{"serve", "--role", "worker"},
+			env{"TETHER_WORKER_LEASE_TTL": "2m"}, "TETHER_WORKER_LEASE_TTL", 78},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -412,8 +414,8 @@ func TestReconcile(t *testing.T) {
 	// The operator's screen shows the drift the dry run found.
 	code, stdout, stderr := runCLI(t, e, "status")
 	require.Equal(t, 0, code, "stdout: %s\nstderr: %s", stdout, stderr)
-	for _, want := range []string{"MIGRATIONS", "JOBS BY STATE", "FAILING JOBS", "SYNC", "LAST RECONCILE",
-		"0 missing, 1 extra", "dry run", "oldest unapplied revocation"} {
+	for _, want := range []string{"MIGRATIONS", "JOBS BY STATE", "FAILING JOBS", "WORKERS", "(no worker has run)", "SYNC",
+		"LAST RECONCILE", "0 missing, 1 extra", "dry run", "oldest unapplied revocation"} {
 		require.Contains(t, stdout, want)
 	}
 

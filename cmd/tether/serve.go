@@ -37,7 +37,8 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		_ = e.Stop(context.WithoutCancel(ctx))
 		return err
 	}
-	logger.Info("tether serving", "addr", e.Addr().String(), "public_url", cfg.PublicURL.String(), "role", string(role))
+	logger.Info("tether serving", "addr", e.Addr().String(), "public_url", cfg.PublicURL.String(), "role", string(role),
+		"client_id", e.River.ID())
 	if err := e.Wait(ctx); err != nil {
 		logger.Error("HTTP server failed", "error", err)
 	}

@@ -63,7 +63,7 @@ func runStatus(ctx context.Context, getenv func(string) string, stdout io.Writer
 	defer d.close()
 	r := &statusReport{w: tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0), pool: d.pool, spice: d.spice}
 	r.services(ctx, d.cfg)
-	for _, section := range []func(context.Context) error{r.migrations, r.queue, r.failingJobs, r.sync, r.lastReconcile} {
+	for _, section := range []func(context.Context) error{r.migrations, r.queue, r.failingJobs, r.workers, r.sync, r.lastReconcile} {
 		if err := section(ctx); err != nil {
 			return err
 		}
@@ -222,6 +222,44 @@ func (r *statusReport) lastReconcile(ctx context.Context) error {
 	fmt.Fprintf(r.w, "  repaired\t%d\n", run.Repaired)
 	if run.Error != nil {
 		fmt.Fprintf(r.w, "  error\t%s\n", *run.Error)
+	}
+	return nil
+}
+
+// workers lists the worker processes by their leases: live ones renew
+// every fifth of TETHER_WORKER_LEASE_TTL; the running jobs of an expired one
+// are taken over by the others.
+func (r *statusReport) workers(ctx context.Context) error {
+	r.section("workers (newest 10 leases)")
+	rows, err := r.pool.Query(ctx, `
+		SELECT l.host, l.pid, l.expires_at > now(), extract(epoch FROM now() - l.renewed_at)::float8,
+		       (SELECT count(*) FROM river_job j
+		        WHERE j.state = 'running' AND j.attempted_by[cardinality(j.attempted_by)] = l.client_id)
+		FROM worker_leases l ORDER BY l.renewed_at DESC LIMIT 10`)
+	if err != nil {
+		return fmt.Errorf("error reading worker leases: %w", err)
+	}
+	n := 0
+	for rows.Next() {
+		var host string
+		var pid, running int64
+		var live bool
+		var renewed float64
+		if err := rows.Scan(&host, &pid, &live, &renewed, &running); err != nil {
+			return fmt.Errorf("error reading worker leases: %w", err)
+		}
+		state := "live"
+		if !live {
+			state = "expired (its jobs are taken over)"
+		}
+		fmt.Fprintf(r.w, "  %s pid %d\t%s\trenewed %s ago, %d jobs running\n", host, pid, state, age(renewed), running)
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("error reading worker leases: %w", err)
+	}
+	if n == 0 {
+		fmt.Fprintln(r.w, "  (no worker has run)")
 	}
 	return nil
 }

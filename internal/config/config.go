@@ -40,8 +40,12 @@ type Workers struct {
 	// RescueStuckJobsAfter must exceed JobTimeout, or running jobs are
 	// rescued while they run.
 	RescueStuckJobsAfter time.Duration
-	ReconcileInterval    time.Duration // 0 disables the periodic reconcile
-	RetryMaxBackoff      time.Duration
+	// WorkerLeaseTTL: this long after a worker process last renewed its
+	// lease, the others take its running sync and token-revocation jobs
+	// over. Shorter than RescueStuckJobsAfter.
+	WorkerLeaseTTL    time.Duration
+	ReconcileInterval time.Duration // 0 disables the periodic reconcile
+	RetryMaxBackoff   time.Duration
 	// WriteFlushers is how many group-committed SpiceDB writes may be in
 	// flight at once; 0 writes each job's updates on their own.
 	WriteFlushers int
@@ -98,6 +102,7 @@ func Defaults() Config {
 			FetchPollInterval:    50 * time.Millisecond,
 			JobTimeout:           30 * time.Second,
 			RescueStuckJobsAfter: 2 * time.Minute,
+			WorkerLeaseTTL:       5 * time.Second,
 			ReconcileInterval:    10 * time.Minute,
 			RetryMaxBackoff:      10 * time.Second,
 			WriteFlushers:        4,

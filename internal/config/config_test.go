@@ -56,10 +56,11 @@ func TestLoadParsesValues(t *testing.T) {
 		"TETHER_MAX_WORKERS": "7", "TETHER_SPICEDB_WRITE_FLUSHERS": "0", "TETHER_JOB_TIMEOUT": "5s",
 		"TETHER_RESCUE_STUCK_JOBS_AFTER": "6s", "TETHER_PUBLIC_URL": "https://tether.example.org/base/",
 		"TETHER_ALLOWED_ORIGINS": " https://App.Example.org , http://localhost:3000/", "TETHER_LOG_LEVEL": "DEBUG",
-		"TETHER_SPICEDB_INSECURE": "true", "TETHER_RECONCILE_INTERVAL": "0",
+		"TETHER_SPICEDB_INSECURE": "true", "TETHER_RECONCILE_INTERVAL": "0", "TETHER_WORKER_LEASE_TTL": "3s",
 	}), config.ScopeServe)
 	require.NoError(t, err)
 	require.Equal(t, 7, cfg.MaxWorkers)
+	require.Equal(t, 3*time.Second, cfg.WorkerLeaseTTL)
 	require.Equal(t, 0, cfg.WriteFlushers)
 	require.Equal(t, 5*time.Second, cfg.JobTimeout)
 	require.Equal(t, time.Duration(0), cfg.ReconcileInterval)
@@ -92,6 +93,9 @@ func TestLoadRules(t *testing.T) {
 		{"duration syntax", config.ScopeDatabase, map[string]string{"TETHER_JOB_TIMEOUT": "30"}, "TETHER_JOB_TIMEOUT", "duration"},
 		{"duration negative", config.ScopeDatabase, map[string]string{"TETHER_RETRY_MAX_BACKOFF": "-1s"}, "TETHER_RETRY_MAX_BACKOFF", "duration"},
 		{"rescue after job timeout", config.ScopeDatabase, map[string]string{"TETHER_JOB_TIMEOUT": "1m", "TETHER_RESCUE_STUCK_JOBS_AFTER": "1m"}, "TETHER_RESCUE_STUCK_JOBS_AFTER", "longer than TETHER_JOB_TIMEOUT"},
+		{"lease at least a second", config.ScopeDatabase, map[string]string{"TETHER_WORKER_LEASE_TTL": "500ms"}, "TETHER_WORKER_LEASE_TTL", "from 1s to 10m"},
+		{"lease at most 10 minutes", config.ScopeDatabase, map[string]string{"TETHER_WORKER_LEASE_TTL": "11m", "TETHER_RESCUE_STUCK_JOBS_AFTER": "1h"}, "TETHER_WORKER_LEASE_TTL", "from 1s to 10m"},
+		{"lease under the rescue horizon", config.ScopeDatabase, map[string]string{"TETHER_WORKER_LEASE_TTL": "2m"}, "TETHER_WORKER_LEASE_TTL", "shorter than TETHER_RESCUE_STUCK_JOBS_AFTER"},
 		{"poll not under cooldown", config.ScopeDatabase, map[string]string{"TETHER_FETCH_COOLDOWN": "1s", "TETHER_FETCH_POLL_INTERVAL": "500ms"}, "TETHER_FETCH_POLL_INTERVAL", "COOLDOWN"},
 		{"keys required by serve", config.ScopeServe, map[string]string{"TETHER_ENCRYPTION_KEYS": "-"}, "TETHER_ENCRYPTION_KEYS", ""},
 		{"keys parsed when set", config.ScopeDatabase, map[string]string{"TETHER_ENCRYPTION_KEYS": "bad"}, "TETHER_ENCRYPTION_KEYS", ""},

@@ -67,10 +67,18 @@ func (r *reader) workers(w *Workers) {
 	w.FetchPollInterval = r.duration("TETHER_FETCH_POLL_INTERVAL", w.FetchPollInterval)
 	w.JobTimeout = r.duration("TETHER_JOB_TIMEOUT", w.JobTimeout)
 	w.RescueStuckJobsAfter = r.duration("TETHER_RESCUE_STUCK_JOBS_AFTER", w.RescueStuckJobsAfter)
+	w.WorkerLeaseTTL = r.duration("TETHER_WORKER_LEASE_TTL", w.WorkerLeaseTTL)
 	w.ReconcileInterval = r.duration("TETHER_RECONCILE_INTERVAL", w.ReconcileInterval)
 	w.RetryMaxBackoff = r.duration("TETHER_RETRY_MAX_BACKOFF", w.RetryMaxBackoff)
 	if w.RescueStuckJobsAfter <= w.JobTimeout {
 		r.bad("TETHER_RESCUE_STUCK_JOBS_AFTER", "must be longer than TETHER_JOB_TIMEOUT (%s), or running jobs are rescued while they run", w.JobTimeout)
+	}
+	switch {
+	case w.WorkerLeaseTTL < time.Second || w.WorkerLeaseTTL > 10*time.Minute:
+		r.bad("TETHER_WORKER_LEASE_TTL", "must be from 1s to 10m (a worker renews its lease every fifth of it), got %s", w.WorkerLeaseTTL)
+	case w.WorkerLeaseTTL >= w.RescueStuckJobsAfter:
+		r.bad("TETHER_WORKER_LEASE_TTL", "must be shorter than TETHER_RESCUE_STUCK_JOBS_AFTER (%s): the lease is there to take a dead worker's jobs over sooner",
+			w.RescueStuckJobsAfter)
 	}
 	if w.FetchPollInterval < w.FetchCooldown {
 		r.bad("TETHER_FETCH_POLL_INTERVAL", "must not be shorter than TETHER_FETCH_COOLDOWN")

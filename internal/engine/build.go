@@ -92,7 +92,7 @@ func (e *Engine) buildSync() error {
 	clientCfg := jobs.ClientConfig{
 		Work: e.Role.works(), MaxWorkers: cfg.MaxWorkers, FetchCooldown: cfg.FetchCooldown, FetchPollInterval: cfg.FetchPollInterval,
 		JobTimeout: cfg.JobTimeout, RescueStuckJobsAfter: cfg.RescueStuckJobsAfter, ReconcileInterval: cfg.ReconcileInterval,
-		Logger: e.opts.RiverLogger,
+		WorkerLeaseTTL: cfg.WorkerLeaseTTL, Logger: e.opts.RiverLogger,
 	}
 	if e.opts.Client != nil {
 		e.opts.Client(&clientCfg)

@@ -173,8 +173,10 @@ func (e *Engine) Start(ctx context.Context) error {
 		}
 	}
 	if e.Role.works() {
-		if err := e.River.Start(e.runCtx); err != nil {
-			return fmt.Errorf("error starting River: %w", err)
+		// With the process's worker lease (jobs of a dead worker are taken
+		// over when it expires).
+		if err := jobs.StartClient(e.runCtx, e.River); err != nil {
+			return err
 		}
 	}
 	if e.opts.Listen && e.Server != nil {

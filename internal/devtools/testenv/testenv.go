@@ -63,6 +63,7 @@ func runMain(m *testing.M) int {
 	// not leaks; taken now, not after m.Run.
 	before := goleak.IgnoreCurrent()
 	code := m.Run()
+	removeBinary()
 	if code == 0 {
 		if err := goleak.Find(before,
 			// gRPC and pgx keep these briefly after Close.
@@ -184,7 +185,13 @@ func DatabaseURL(tb testing.TB) string {
 // Pool returns a pool on a fresh database of the test's own.
 func Pool(tb testing.TB) *pgxpool.Pool {
 	tb.Helper()
-	cfg, err := pgxpool.ParseConfig(DatabaseURL(tb))
+	return poolOn(tb, DatabaseURL(tb))
+}
+
+// poolOn returns a pool on url, closed when the test ends.
+func poolOn(tb testing.TB, url string) *pgxpool.Pool {
+	tb.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		tb.Fatalf("testenv: %v", err)
 	}
