@@ -138,13 +138,15 @@ func TestWorkerKilledHoldingRevocation(t *testing.T) {
 				jobID).Scan(&state, &replacedBy))
 			require.Equal(t, "cancelled", state)
 			var from int64
+			var priority int
 			require.Eventually(t, func() bool {
-				require.NoError(t, tt.DB.QueryRow(ctx, `SELECT state, attempted_by[cardinality(attempted_by)],
-					(metadata->'tether:reclaimed_from'->>'job_id')::bigint FROM river_job WHERE id = $1`, replacedBy).Scan(&state, &attemptedBy, &from))
+				require.NoError(t, tt.DB.QueryRow(ctx, `SELECT state, attempted_by[cardinality(attempted_by)], priority,
+					(metadata->'tether:reclaimed_from'->>'job_id')::bigint FROM river_job WHERE id = $1`, replacedBy).Scan(&state, &attemptedBy, &priority, &from))
 				return state == "completed"
 			}, 10*time.Second, 10*time.Millisecond, "the replacement job must complete")
 			require.Equal(t, survivor.process.ClientID, attemptedBy)
 			require.Equal(t, jobID, from)
+			require.Equal(t, jobs.PriorityRevoke, priority, "a revocation's replacement keeps its place ahead of grants")
 			require.Zero(t, count(t, tt.DB, "SELECT count(*) FROM reconcile_runs"), "no reconcile may have run")
 			// The operator's screen shows the dead worker.
 			status, err := testenv.TetherCommand(t, tt.ServeEnv(), "status").CombinedOutput()

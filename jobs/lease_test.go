@@ -101,3 +101,36 @@ func TestStalledWorkerLandsNoWriteAfterTakeover(t *testing.T) {
 	require.False(t, tt.CanView(t, "alice", pool.ID))
 	tt.RequireInSync(t)
 }
+
+// A lease that expired long ago is deleted once no running job names its
+// worker; one that a running job still names is kept (the job may still be
+// taken over, or rescued).
+func TestStaleWorkerLeasesAreForgotten(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	tt := testenv.StartTether(t, testenv.TetherOpts{NoWorkers: true})
+	_, err := tt.DB.Exec(ctx, `INSERT INTO worker_leases (client_id, host, pid, expires_at, reclaimed_through)
+		VALUES ('stale-idle', 'h', 1, now() - interval '2 hours', now()), ('stale-held', 'h', 2, now() - interval '2 hours', now()),
+		       ('recent', 'h', 3, now() - interval '1 minute', now())`)
+	require.NoError(t, err)
+	// A running job of a kind that is not taken over (River's rescuer owns it).
+	_, err = tt.DB.Exec(ctx, `INSERT INTO river_job (state, attempt, attempted_at, attempted_by, args, kind)
+		VALUES ('running', 1, now(), ARRAY['stale-held'], '{}', 'tether.reconcile')`)
+	require.NoError(t, err)
+
+	testenv.AttachWorkers(t, tt, nil)
+	leases := func() (ids []string) {
+		rows, err := tt.DB.Query(ctx, "SELECT client_id FROM worker_leases WHERE host = 'h' ORDER BY client_id")
+		require.NoError(t, err)
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			require.NoError(t, rows.Scan(&id))
+			ids = append(ids, id)
+		}
+		require.NoError(t, rows.Err())
+		return ids
+	}
+	require.Eventually(t, func() bool { return len(leases()) == 2 }, 10*time.Second, 20*time.Millisecond)
+	require.Equal(t, []string{"recent", "stale-held"}, leases())
+}

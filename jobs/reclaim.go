@@ -90,21 +90,9 @@ func (r *reclaimer) reclaim(ctx context.Context) (int, error) {
 	if err != nil || len(held) == 0 {
 		return 0, wrapErr("error finding jobs of dead workers", err)
 	}
-	params := make([]river.InsertManyParams, len(held))
-	through := map[string]time.Time{}
-	perWorker := map[string]int{}
-	for i, j := range held {
-		meta, err := json.Marshal(map[string]reclaimedFrom{reclaimedMetadataKey: {JobID: j.ID, Worker: j.ClientID, Attempt: int(j.Attempt)}})
-		if err != nil {
-			return 0, fmt.Errorf("error encoding reclaim metadata: %w", err)
-		}
-		params[i] = river.InsertManyParams{Args: rawArgs{kind: j.Kind, args: j.Args}, InsertOpts: &river.InsertOpts{
-			MaxAttempts: int(j.MaxAttempts), Metadata: meta, Priority: int(j.Priority), Queue: j.Queue,
-		}}
-		if j.AttemptedAt != nil && j.AttemptedAt.After(through[j.ClientID]) {
-			through[j.ClientID] = *j.AttemptedAt
-		}
-		perWorker[j.ClientID]++
+	params, err := replacements(held)
+	if err != nil {
+		return 0, err
 	}
 	inserted, err := r.river.InsertManyTx(ctx, tx, params)
 	if err != nil {
@@ -121,6 +109,15 @@ func (r *reclaimer) reclaim(ctx context.Context) (int, error) {
 	}
 	if err := q.WorkerLeaseCancelReclaimed(ctx, tx, cancel); err != nil {
 		return 0, fmt.Errorf("error cancelling jobs of dead workers: %w", err)
+	}
+	// Each dead worker learns, when it renews again, the newest attempt taken
+	// from it: from then on it writes for none of them.
+	through, perWorker := map[string]time.Time{}, map[string]int{}
+	for _, j := range held {
+		if j.AttemptedAt != nil && j.AttemptedAt.After(through[j.ClientID]) {
+			through[j.ClientID] = *j.AttemptedAt
+		}
+		perWorker[j.ClientID]++
 	}
 	mark := &dbsqlc.WorkerLeaseMarkReclaimedParams{}
 	for worker, at := range through {
@@ -139,6 +136,22 @@ func (r *reclaimer) reclaim(ctx context.Context) (int, error) {
 		r.logger.InfoContext(ctx, "took over the running jobs of a worker that stopped renewing its lease", "worker", worker, "jobs", n)
 	}
 	return len(held), nil
+}
+
+// replacements are the jobs that replace held ones: the same arguments,
+// priority, queue and attempt budget, marked with the job they replace.
+func replacements(held []*dbsqlc.WorkerLeaseHeldJobsRow) ([]river.InsertManyParams, error) {
+	params := make([]river.InsertManyParams, len(held))
+	for i, j := range held {
+		meta, err := json.Marshal(map[string]reclaimedFrom{reclaimedMetadataKey: {JobID: j.ID, Worker: j.ClientID, Attempt: int(j.Attempt)}})
+		if err != nil {
+			return nil, fmt.Errorf("error encoding reclaim metadata: %w", err)
+		}
+		params[i] = river.InsertManyParams{Args: rawArgs{kind: j.Kind, args: j.Args}, InsertOpts: &river.InsertOpts{
+			MaxAttempts: int(j.MaxAttempts), Metadata: meta, Priority: int(j.Priority), Queue: j.Queue,
+		}}
+	}
+	return params, nil
 }
 
 func wrapErr(msg string, err error) error {
