@@ -133,7 +133,7 @@ func TestBrowserConnectedAccounts(t *testing.T) {
 	t.Parallel()
 	b := setupOAuth(t)
 	browser := startBrowser(t)
-	ctx, cancel := context.WithTimeout(browser, 90*time.Second)
+	ctx, cancel := context.WithTimeout(browser, 180*time.Second) // generous: a loaded CI machine runs Chromium slowly
 	defer cancel()
 	shots := newScreenshots(t)
 	states := catchStates(t, browser, b.op.AuthURL)
