@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tetherhq/tether/app"
+	"github.com/tetherhq/tether/internal/config"
 	"github.com/tetherhq/tether/internal/devtools/testenv"
 )
 
@@ -31,6 +32,9 @@ type hostile struct {
 	chunked      bool // send the body without a Content-Length
 	status       int
 	code         string
+	// upstream marks an attack by a provider, not by the client: the
+	// answer is a 502 (the fault is upstream), still changing nothing.
+	upstream bool
 }
 
 // send sends a request as given, never following redirects.
@@ -49,7 +53,11 @@ func (b *oauthBundle) send(t *testing.T, c hostile) (*http.Response, []byte) {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	for k, v := range c.header {
-		req.Header.Set(k, v)
+		if v == "" {
+			req.Header.Del(k) // e.g. no Content-Type at all, as a Blob body
+		} else {
+			req.Header.Set(k, v)
+		}
 	}
 	if c.bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+c.bearer)
@@ -122,6 +130,12 @@ func TestHostileInput(t *testing.T) {
 	require.NoError(t, jsonUnmarshal(string(setup("POST", "/api/data/resource_pools", `{"name": "shared", "public": true}`)), &pub))
 	public := fmt.Sprint(pub.ID)
 	setup("POST", "/api/data/resource_pools/"+public+"/users", `[{"id": "dave@example.org"}]`)
+	// A flow in flight (for the mix-up case), and a connection to a
+	// provider whose token endpoint redirects to catcher.
+	inFlight := b.authorize(t, b.browser(t, "alice"), "/ui/").Query().Get("state")
+	catcher := startCounter(t)
+	b.plainProvider(t, "redirector", startRedirector(t, catcher.URL).URL)
+	redirected := b.plantConnection(t, "alice", "redirector", "refresh-token-a-redirect-must-not-carry").String()
 	b.tt.WaitSynced(t, 15*time.Second)
 
 	// The page's CSRF token is the one csrfFor derives.
@@ -175,7 +189,34 @@ func TestHostileInput(t *testing.T) {
 	deep := `{"name": "x", "remote": ` + strings.Repeat("[", 20000) + strings.Repeat("]", 20000) + `}`
 	viewers1001 := "[" + strings.Repeat(`{"id": "u"},`, 1000) + `{"id": "u"}]`
 
+	cookieWrite := func(extra ...string) map[string]string { // the admin's cookie on a write, plus headers
+		h := map[string]string{"Cookie": "tether_token=" + admin}
+		for i := 0; i < len(extra); i += 2 {
+			h[extra[i]] = extra[i+1]
+		}
+		return h
+	}
 	cases := []hostile{
+		// ---- second round: cookies, origins, media types (findings 1, 3) ----
+		{name: "Connections_DuplicateCookie", method: "GET", path: conns, header: map[string]string{"Cookie": "tether_token=" + bob + "; tether_token=" + alice}, status: 401, code: app.EUNAUTHORIZED},
+		{name: "Authorize_DuplicateCookie", method: "GET", path: authorize + q("/ui/"), header: map[string]string{"Cookie": "tether_token=" + alice + "; tether_token=" + bob}, status: 401, code: app.EUNAUTHORIZED},
+		{name: "ViewerAdd_BlobNoContentType", method: "POST", path: pools + "/" + gpu + "/users", header: cookieWrite("Content-Type", ""), body: `[{"id": "mallory"}]`, status: 415, code: app.EUNSUPPORTED},
+		{name: "ViewerAdd_BlobCrossSite", method: "POST", path: pools + "/" + gpu + "/users", header: cookieWrite("Content-Type", "", "Sec-Fetch-Site", "cross-site", "Origin", "https://evil.example"), body: `[{"id": "mallory"}]`, status: 403, code: app.EFORBIDDEN},
+		{name: "ViewerAdd_JSONSameSite", method: "POST", path: pools + "/" + gpu + "/users", header: cookieWrite("Sec-Fetch-Site", "same-site"), body: `[{"id": "mallory"}]`, status: 403, code: app.EFORBIDDEN},
+		{name: "PoolDelete_CookieOtherOrigin", method: "DELETE", path: pools + "/" + public, header: cookieWrite("Origin", "https://evil.example"), status: 403, code: app.EFORBIDDEN},
+		{name: "RiverUI_TextPlainCancelSameSite", method: "POST", path: riverui + "api/jobs/cancel", header: cookieWrite("Content-Type", "text/plain", "Sec-Fetch-Site", "same-site"), body: `{"ids": ["1"]}`, status: 403, code: app.EFORBIDDEN},
+		{name: "RiverUI_TextPlainDeleteOtherOrigin", method: "POST", path: riverui + "api/jobs/delete", header: cookieWrite("Content-Type", "text/plain", "Origin", "https://evil.example"), body: `{"ids": ["1"]}`, status: 403, code: app.EFORBIDDEN},
+		{name: "UILogin_CrossSite", method: "POST", path: "/ui/dev/login", header: map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Sec-Fetch-Site": "cross-site"}, body: "user=mallory&admin=true", status: 403, code: app.EFORBIDDEN},
+		{name: "UIDisconnect_CrossSiteValidCSRF", method: "POST", path: disconnect, cookie: alice, header: map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Sec-Fetch-Site": "cross-site"}, body: "csrf=" + csrfFor(alice), status: 403, code: app.EFORBIDDEN},
+		// ---- second round: providers (findings 2, 4, 6) ----
+		{name: "Callback_IssuerMismatch", method: "GET", path: callback + "?code=abc&iss=" + q("https://evil.example/") + "&state=" + inFlight, bearer: alice, status: 400, code: app.EINVALID},
+		{name: "Callback_IssuerEmpty", method: "GET", path: callback + "?code=abc&iss=&state=" + inFlight, bearer: alice, status: 400, code: app.EINVALID},
+		{name: "ProviderUpdate_IssuerWithoutSecret", method: "PATCH", path: providers + "/dev", bearer: admin, body: `{"issuer_url": "https://evil.example/"}`, status: 422, code: app.EUNPROCESSABLE},
+		{name: "ProviderUpdate_TokenURLWithoutSecret", method: "PATCH", path: providers + "/dev", bearer: admin, body: `{"kind": "generic_oauth2", "authorization_url": "https://evil.example/a", "token_url": "https://evil.example/t"}`, status: 422, code: app.EUNPROCESSABLE},
+		{name: "ProviderUpdate_RedirectorTokenURLWithoutSecret", method: "PATCH", path: providers + "/redirector", bearer: admin, body: `{"token_url": "https://evil.example/t"}`, status: 422, code: app.EUNPROCESSABLE},
+		{name: "ProviderUpdate_ClientIDWithoutSecret", method: "PATCH", path: providers + "/dev", bearer: admin, body: `{"client_id": "someone-else"}`, status: 422, code: app.EUNPROCESSABLE},
+		{name: "ConnectionToken_TokenEndpointRedirects", method: "GET", path: conns + "/" + redirected + "/token", bearer: alice, status: 502, code: app.EBADGATEWAY, upstream: true},
+
 		// ---- providers ----
 		{name: "ProviderCreate_NoToken", method: "POST", path: providers, body: provider(`, "id": "x"`), status: 401, code: app.EUNAUTHORIZED},
 		{name: "ProviderCreate_NonAdmin", method: "POST", path: providers, bearer: alice, body: provider(`, "id": "x"`), status: 403, code: app.EFORBIDDEN},
@@ -398,7 +439,9 @@ func TestHostileInput(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			require.Equal(t, c.status, app.StatusForCode(c.code), "the case's status and code disagree")
 			resp, body := b.send(t, c)
-			require.Less(t, resp.StatusCode, 500, "a 5xx: %s", body)
+			if !c.upstream {
+				require.Less(t, resp.StatusCode, 500, "a 5xx: %s", body)
+			}
 			require.Equal(t, c.status, resp.StatusCode, "%s %s: %s", c.method, c.path, body)
 			require.True(t, strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json"), resp.Header.Get("Content-Type"))
 			requireErrorBody(t, body, c.code)
@@ -409,6 +452,7 @@ func TestHostileInput(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, len(cases), 60)
 	b.tt.WaitSynced(t, 15*time.Second) // anything wrongly queued reaches SpiceDB first
+	require.Zero(t, catcher.hits.Load(), "a provider's redirect was followed")
 	after := b.stateSnapshot(t)
 	for key := range before {
 		require.Equal(t, before[key], after[key], "%s changed", key)
@@ -446,4 +490,61 @@ func TestOneDefaultPool(t *testing.T) {
 	status, body = b.do(t, http.MethodPost, "/api/data/resource_pools", b.admin, map[string]any{"name": "b", "default": true})
 	require.Equal(t, http.StatusConflict, status, string(body))
 	requireErrorBody(t, body, app.ECONFLICT)
+}
+
+// Hostile configurations: each is refused at start, naming the variable,
+// before anything listens (finding 5: dev mode anywhere but a loopback
+// listener; finding 10: an HMAC secret next to a production issuer).
+func TestHostileConfiguration(t *testing.T) {
+	t.Parallel()
+	base := map[string]string{
+		"TETHER_DATABASE_URL": "postgres://u@db:5432/tether", "TETHER_SPICEDB_ENDPOINT": "spicedb:50051",
+		"TETHER_ENCRYPTION_KEYS": testenv.TestKeyRing, "TETHER_AUTH_HMAC_SECRET": testSecret,
+	}
+	dev := func(addr string) map[string]string {
+		return map[string]string{"TETHER_DEV_MODE": "true", "TETHER_HTTP_ADDR": addr, "TETHER_PUBLIC_URL": "http://tether.example"}
+	}
+	for _, tc := range []struct {
+		name     string
+		env      map[string]string
+		variable string
+	}{
+		{"DevModeOnEveryInterface", dev("0.0.0.0:8080"), "TETHER_DEV_MODE"},
+		{"DevModeOnEveryInterfaceIPv6", dev("[::]:8080"), "TETHER_DEV_MODE"},
+		{"DevModeOnEmptyHost", dev(":8080"), "TETHER_DEV_MODE"},
+		{"DevModeOnPublicAddress", dev("203.0.113.7:8080"), "TETHER_DEV_MODE"},
+		{"DevModeOnPrivateAddress", dev("10.0.0.7:8080"), "TETHER_DEV_MODE"},
+		{"DevModeOnHostname", dev("tether.example:8080"), "TETHER_DEV_MODE"},
+		{"DevModeOnLocalhostLookalike", dev("localhost.evil.example:8080"), "TETHER_DEV_MODE"},
+		{"DevModeOverHTTPS", map[string]string{"TETHER_DEV_MODE": "true", "TETHER_PUBLIC_URL": "https://tether.example"}, "TETHER_DEV_MODE"},
+		{"DevModeWithIssuer", map[string]string{"TETHER_DEV_MODE": "true", "TETHER_AUTH_ISSUER": "https://idp.example", "TETHER_AUTH_AUDIENCE": "tether"}, "TETHER_DEV_MODE"},
+		{"HMACSecretWithIssuer", map[string]string{"TETHER_AUTH_ISSUER": "https://idp.example", "TETHER_AUTH_AUDIENCE": "tether"}, "TETHER_AUTH_HMAC_SECRET"},
+		{"CookieNameWithSemicolon", map[string]string{"TETHER_AUTH_COOKIE": "tether_token; Domain=example.org"}, "TETHER_AUTH_COOKIE"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{}
+			for k, v := range base {
+				env[k] = v
+			}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			_, err := config.Load(func(k string) string { return env[k] }, config.ScopeServe)
+			var cfgErr *config.Error
+			require.ErrorAs(t, err, &cfgErr)
+			require.Contains(t, err.Error(), tc.variable+": ")
+		})
+	}
+	// Dev mode where it belongs still starts.
+	for _, addr := range []string{"127.0.0.1:8080", "localhost:8080", "[::1]:8080"} {
+		env := map[string]string{}
+		for k, v := range base {
+			env[k] = v
+		}
+		env["TETHER_DEV_MODE"], env["TETHER_HTTP_ADDR"] = "true", addr
+		cfg, err := config.Load(func(k string) string { return env[k] }, config.ScopeServe)
+		require.NoError(t, err, addr)
+		require.True(t, cfg.DevMode)
+	}
 }

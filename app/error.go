@@ -19,6 +19,9 @@ const (
 	EUNPROCESSABLE = "unprocessable"
 	EUNSUPPORTED   = "unsupported_media_type"
 	EMETHOD        = "method_not_allowed"
+	// EBADGATEWAY: a provider answered something Tether refuses to use (a
+	// redirect, an oversized or malformed answer): the fault is upstream.
+	EBADGATEWAY = "bad_gateway"
 )
 
 // errorStatus is the one table from error codes to HTTP statuses.
@@ -34,6 +37,7 @@ var errorStatus = map[string]int{
 	EUNPROCESSABLE: http.StatusUnprocessableEntity,
 	EUNSUPPORTED:   http.StatusUnsupportedMediaType,
 	EMETHOD:        http.StatusMethodNotAllowed,
+	EBADGATEWAY:    http.StatusBadGateway,
 }
 
 // Error is an application error with a code and a message safe to show.

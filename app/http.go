@@ -32,6 +32,7 @@ type Server struct {
 	httpDur  *prometheus.HistogramVec
 	gatherer prometheus.Gatherer
 	ui       uiState
+	api      bool
 }
 
 // ServerDeps are what the server is built from.
@@ -55,7 +56,7 @@ type ServerDeps struct {
 func NewServer(d ServerDeps) *Server {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	s := &Server{Echo: e, service: d.Service, auth: d.Auth, logger: d.Logger, spicedb: d.SpiceDB, cookie: d.Cookie, gatherer: d.Registry}
+	s := &Server{Echo: e, service: d.Service, auth: d.Auth, logger: d.Logger, spicedb: d.SpiceDB, cookie: d.Cookie, gatherer: d.Registry, api: d.API}
 	s.registerMetrics(d.Registry)
 	e.HTTPErrorHandler = s.handleError
 	e.Use(middleware.RequestIDWithConfig(middleware.RequestIDConfig{}))
@@ -66,7 +67,7 @@ func NewServer(d ServerDeps) *Server {
 	}}))
 	e.Use(middleware.BodyLimit(strconv.Itoa(MaxBodyBytes)))
 	e.Use(middleware.ContextTimeoutWithConfig(middleware.ContextTimeoutConfig{Timeout: 30 * time.Second}))
-	e.Use(securityHeaders)
+	e.Use(s.securityHeaders)
 
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)

@@ -3,7 +3,6 @@ package app
 import (
 	"log/slog"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -15,19 +14,21 @@ func UserFrom(c echo.Context) *User {
 	return u
 }
 
+// authenticate verifies the bearer token or the auth cookie. A write
+// authenticated by the cookie must come from Tether's own origin: the
+// browser attaches the cookie to requests other sites make too.
 func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		raw := ""
-		if h := c.Request().Header.Get(echo.HeaderAuthorization); h != "" {
-			scheme, token, ok := strings.Cut(h, " ")
-			if !ok || !strings.EqualFold(scheme, "Bearer") {
-				return errBadToken
-			}
-			raw = strings.TrimSpace(token)
-		} else if ck, err := c.Cookie(s.cookie); err == nil {
-			raw = ck.Value
+		raw, byCookie, err := s.credentials(c.Request())
+		if err != nil {
+			return err
 		}
-		user, err := s.auth.Authenticate(raw)
+		if byCookie && unsafeMethod(c.Request().Method) {
+			if err := s.checkOrigin(c.Request()); err != nil {
+				return err
+			}
+		}
+		user, err := s.auth.Authenticate(c.Request().Context(), raw)
 		if err != nil {
 			return err
 		}
@@ -41,17 +42,6 @@ func requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
 		if !UserFrom(c).Admin {
 			return Errorf(EFORBIDDEN, "This needs the admin role.")
 		}
-		return next(c)
-	}
-}
-
-func securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		h := c.Response().Header()
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("X-Frame-Options", "DENY")
-		h.Set("Referrer-Policy", "no-referrer")
-		h.Set("Cache-Control", "no-store")
 		return next(c)
 	}
 }

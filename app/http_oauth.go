@@ -47,28 +47,28 @@ func (s *Server) connectionDelete(c echo.Context) error {
 	return c.NoContent(http.StatusNoContent)
 }
 
-// BindingCookie binds an authorization to the browser that started it.
-const BindingCookie = "tether_oauth_binding"
-
-func (s *Server) secureCookies() bool {
-	return s.service.OAuth != nil && s.service.OAuth.PublicURL.Scheme == "https"
-}
-
 func (s *Server) authorize(c echo.Context) error {
 	id, err := providerIDParam(c)
 	if err != nil {
 		return err
 	}
-	binding := ""
-	if ck, err := c.Cookie(BindingCookie); err == nil {
-		binding = ck.Value
+	// The binding cookie binds an authorization to the browser that started
+	// it; a planted second one makes the flow fail, never succeed for the
+	// planter.
+	binding, err := cookieValue(c.Request(), s.bindingCookieName())
+	if err != nil {
+		return errInvalidState
 	}
-	auth, err := s.service.Authorize(c.Request().Context(), UserFrom(c), id, c.QueryParam("next_url"), binding)
+	from := InitiatorOwnPage
+	if site := c.Request().Header.Get("Sec-Fetch-Site"); site == "cross-site" || site == "same-site" {
+		from = InitiatorOtherSite
+	}
+	auth, err := s.service.Authorize(c.Request().Context(), UserFrom(c), id, c.QueryParam("next_url"), binding, from)
 	if err != nil {
 		return err
 	}
 	c.SetCookie(&http.Cookie{
-		Name: BindingCookie, Value: auth.BrowserBinding, Path: "/api/data/oauth2/",
+		Name: s.bindingCookieName(), Value: auth.BrowserBinding, Path: s.bindingCookiePath(),
 		MaxAge: int(StateTTL / time.Second), HttpOnly: true, Secure: s.secureCookies(),
 		// Lax: the provider's redirect back is a cross-site top-level
 		// navigation, which Strict would strip the cookie from.
@@ -78,12 +78,16 @@ func (s *Server) authorize(c echo.Context) error {
 }
 
 func (s *Server) callback(c echo.Context) error {
-	binding := ""
-	if ck, err := c.Cookie(BindingCookie); err == nil {
-		binding = ck.Value
+	binding, err := cookieValue(c.Request(), s.bindingCookieName())
+	if err != nil {
+		return errInvalidState
 	}
-	res, err := s.service.Callback(c.Request().Context(), UserFrom(c), binding,
-		c.QueryParam("state"), c.QueryParam("code"), c.QueryParam("error"))
+	in := CallbackInput{State: c.QueryParam("state"), Code: c.QueryParam("code"), Error: c.QueryParam("error")}
+	if c.QueryParams().Has("iss") {
+		iss := c.QueryParam("iss")
+		in.Issuer = &iss
+	}
+	res, err := s.service.Callback(c.Request().Context(), UserFrom(c), binding, in)
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,9 @@ type readiness struct {
 	Status   string `json:"status"`
 	Postgres string `json:"postgres"`
 	SpiceDB  string `json:"spicedb"`
+	// Auth is whether tokens can be verified (the issuer's keys are at
+	// hand); only where the API is served.
+	Auth string `json:"auth,omitempty"`
 }
 
 func (s *Server) readyz(c echo.Context) error {
@@ -31,6 +34,12 @@ func (s *Server) readyz(c echo.Context) error {
 		r.Status, r.SpiceDB = "unavailable", "unreachable"
 	case state != spicedb.SchemaCurrent:
 		r.Status, r.SpiceDB = "unavailable", "schema "+state.String()+" (run tether reconcile or tether migrate up)"
+	}
+	if s.api {
+		r.Auth = "ok"
+		if err := s.auth.Ready(ctx); err != nil {
+			r.Status, r.Auth = "unavailable", "the token issuer's signing keys cannot be fetched"
+		}
 	}
 	if r.Status != "ok" {
 		return c.JSON(http.StatusServiceUnavailable, r)

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tetherhq/tether/app"
+	"github.com/tetherhq/tether/internal/config"
 	"github.com/tetherhq/tether/internal/devtools/testenv"
 )
 
@@ -40,6 +41,11 @@ func setupHTTP(t *testing.T, opts testenv.TetherOpts) *httpBundle {
 	}
 	return &httpBundle{tt: tt, server: tt.Server, url: tt.URL,
 		admin: token("root", "tether-admin"), alice: token("alice"), bob: token("bob")}
+}
+
+// noDevMode is a test engine without dev mode: https-only provider URLs.
+func noDevMode() testenv.TetherOpts {
+	return testenv.TetherOpts{NoWorkers: true, Config: func(c *config.Config) { c.DevMode = false }}
 }
 
 // do sends a request; body may be nil, a string (sent raw) or a value (JSON).

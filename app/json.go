@@ -41,14 +41,18 @@ func strictUnmarshal(b []byte, v any) error {
 }
 
 // DecodeJSON reads one JSON value from a request body into v: the media type
-// must be JSON, unknown fields and trailing data are refused, and every
-// problem is an EINVALID (400) naming what is wrong.
+// must be application/json (415 otherwise), unknown fields and trailing data
+// are refused, and every other problem is an EINVALID (400) naming what is
+// wrong.
+//
+// A missing Content-Type is refused too: a browser sends none for a Blob
+// body, and text/plain for a string, both without a CORS preflight, so
+// parsing them as JSON would let another site's fetch(…, {mode: "no-cors"})
+// write with the user's cookie.
 func DecodeJSON(r *http.Request, v any) error {
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-			return Errorf(EUNSUPPORTED, "The body must be application/json.")
-		}
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		return Errorf(EUNSUPPORTED, "The body must be sent as Content-Type: application/json.")
 	}
 	body, err := io.ReadAll(r.Body)
 	if err != nil {

@@ -72,6 +72,20 @@ func (s *Service) RotateKeys(ctx context.Context) (*RotationReport, error) {
 				return queries.KeysRevocationTokenSet(ctx, s.DB, &dbsqlc.KeysRevocationTokenSetParams{TokenEnc: enc, ID: row.ID, OldEnc: row.TokenEnc})
 			})
 	}
+	if err == nil {
+		// Client secrets copied into queued revocations (bound to their
+		// provider's id, like the provider's own).
+		err = rotate(ctx, s, r, "client secrets awaiting revocation", uuid.Nil,
+			func(after uuid.UUID) ([]*dbsqlc.KeysRevocationSecretsRow, error) {
+				return queries.KeysRevocationSecrets(ctx, s.DB, &dbsqlc.KeysRevocationSecretsParams{AfterID: after, MaxRows: rotationPage})
+			},
+			func(row *dbsqlc.KeysRevocationSecretsRow) (uuid.UUID, []byte, []byte) {
+				return row.ID, row.ClientSecretEnc, keyring.ClientSecretAAD(row.ProviderID)
+			},
+			func(row *dbsqlc.KeysRevocationSecretsRow, enc []byte) error {
+				return queries.KeysRevocationSecretSet(ctx, s.DB, &dbsqlc.KeysRevocationSecretSetParams{ClientSecretEnc: enc, ID: row.ID, OldEnc: row.ClientSecretEnc})
+			})
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -7,11 +7,11 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 
@@ -38,7 +38,37 @@ type OAuthConfig struct {
 	AllowedOrigins []string
 	// StateTTL bounds how long an authorization may take; 0 means StateTTL.
 	StateTTL time.Duration
+	// AllowHTTP accepts plain-http provider URLs on any host (dev mode);
+	// otherwise only loopback hosts may be plain http.
+	AllowHTTP bool
+	// RefreshTimeout bounds a token refresh (the provider call and storing
+	// its answer), whatever happens to the request that started it; default
+	// 20 s.
+	RefreshTimeout time.Duration
+	// MaxRefreshes bounds the refreshes in flight in this process; default
+	// DefaultMaxRefreshes.
+	MaxRefreshes int
+
+	refreshOnce sync.Once
+	refresher   *refresher
 }
+
+// MaxStatesPerUser bounds a user's authorizations in flight: another one
+// drops the oldest.
+const MaxStatesPerUser = 20
+
+// Initiator says which page started an authorization, by the request's
+// fetch metadata.
+type Initiator int
+
+const (
+	// InitiatorOwnPage: Tether's own page, or no browser metadata at all.
+	InitiatorOwnPage Initiator = iota
+	// InitiatorOtherSite: a top-level navigation from another site (an
+	// allowed origin's app, or a page that wants to put a pending
+	// connection into the user's list).
+	InitiatorOtherSite
+)
 
 func (s *Service) redirectURL() string {
 	return strings.TrimSuffix(s.OAuth.PublicURL.String(), "/") + CallbackPath
@@ -159,8 +189,11 @@ type Authorization struct {
 }
 
 // Authorize starts connecting the user to a provider. browserBinding is the
-// caller's existing binding cookie, if any.
-func (s *Service) Authorize(ctx context.Context, user *User, providerID, nextURL, browserBinding string) (*Authorization, error) {
+// caller's existing binding cookie, if any. Started from another site, it
+// records no pending connection: the SameSite=Lax cookie rides along on a
+// top-level GET, so any page could otherwise put one into the user's list;
+// the connection is created when the flow completes.
+func (s *Service) Authorize(ctx context.Context, user *User, providerID, nextURL, browserBinding string, from Initiator) (*Authorization, error) {
 	next, err := ValidateNextURL(nextURL, s.OAuth.AllowedOrigins)
 	if err != nil {
 		return nil, err
@@ -173,7 +206,7 @@ func (s *Service) Authorize(ctx context.Context, user *User, providerID, nextURL
 		browserBinding = randomToken()
 	}
 	state := randomToken()
-	cfg := oauthclient.Config(provider, endpoints, s.redirectURL())
+	cfg := s.OAuth.Client.Config(provider, endpoints, s.redirectURL())
 	var opts []oauth2.AuthCodeOption
 	var verifierEnc []byte
 	if provider.UsePKCE {
@@ -185,6 +218,10 @@ func (s *Service) Authorize(ctx context.Context, user *User, providerID, nextURL
 	}
 	expiresAt := time.Now().Add(s.OAuth.stateTTL())
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		// One user's authorizations one at a time, so the cap holds.
+		if err := queries.StateLockUser(ctx, tx, user.ID); err != nil {
+			return fmt.Errorf("error locking the user's states: %w", err)
+		}
 		if _, err := queries.StateDeleteExpired(ctx, tx); err != nil {
 			return fmt.Errorf("error pruning expired states: %w", err)
 		}
@@ -196,6 +233,12 @@ func (s *Service) Authorize(ctx context.Context, user *User, providerID, nextURL
 				return Errorf(ENOTFOUND, "No such provider.")
 			}
 			return fmt.Errorf("error storing state: %w", err)
+		}
+		if _, err := queries.StateTrimForUser(ctx, tx, &dbsqlc.StateTrimForUserParams{UserID: user.ID, Keep: MaxStatesPerUser}); err != nil {
+			return fmt.Errorf("error dropping the oldest states: %w", err)
+		}
+		if from == InitiatorOtherSite {
+			return nil
 		}
 		// A new connection starts pending; an existing one keeps its status
 		// (and its access) until this authorization completes.
@@ -227,124 +270,8 @@ type storedToken struct {
 
 var providerErrorPattern = regexp.MustCompile(`^[a-z_]{1,64}$`)
 
-// Callback completes a flow. The state is consumed first, so it can never be
-// used twice, even when the rest fails. An authorization that ends without
-// connecting ends its pending connection too.
-func (s *Service) Callback(ctx context.Context, user *User, browserBinding, state, code, providerError string) (*CallbackResult, error) {
-	st, err := s.consumeState(ctx, user, browserBinding, state)
-	if err != nil {
-		return nil, err
-	}
-	fail := func(errCode string, appErr *Error) (*CallbackResult, error) {
-		if err := s.endAuthorization(ctx, user.ID, st.ProviderID); err != nil {
-			return nil, err
-		}
-		if st.NextUrl != "" {
-			return &CallbackResult{NextURL: WithError(st.NextUrl, errCode)}, nil
-		}
-		return nil, appErr
-	}
-	switch {
-	case time.Now().After(st.ExpiresAt):
-		return fail("authorization_expired", errStateExpired)
-	case providerError != "":
-		// error_description is the provider's free text: dropped, not echoed.
-		errCode := providerError
-		if !providerErrorPattern.MatchString(errCode) {
-			errCode = "provider_error"
-		}
-		return fail(errCode, Errorf(EINVALID, "The provider refused the authorization (%s).", errCode))
-	case code == "" || len(code) > 4096:
-		return fail("invalid_request", Errorf(EINVALID, "The callback carries no authorization code."))
-	}
-	provider, endpoints, err := s.oauthProvider(ctx, s.DB, st.ProviderID)
-	if err != nil {
-		return nil, err
-	}
-	tok, err := s.exchange(ctx, st, provider, endpoints, code)
-	if appErr := (*Error)(nil); errors.As(err, &appErr) {
-		return fail("exchange_failed", appErr)
-	} else if err != nil {
-		return nil, err
-	}
-	identity := s.OAuth.Client.IdentityOf(ctx, provider, endpoints, tok)
-	err = s.inTx(ctx, func(tx pgx.Tx) error {
-		row, err := queries.ConnectionUpsertStatus(ctx, tx, &dbsqlc.ConnectionUpsertStatusParams{UserID: user.ID, ProviderID: st.ProviderID, Status: string(StatusConnected)})
-		if err != nil {
-			if isForeignKeyViolation(err) {
-				return Errorf(ENOTFOUND, "The provider was deleted meanwhile.")
-			}
-			return fmt.Errorf("error writing connection: %w", err)
-		}
-		if err := s.storeToken(ctx, tx, row.ID, tok); err != nil {
-			return err
-		}
-		if err := storeIdentity(ctx, tx, row, identity); err != nil {
-			return err
-		}
-		return s.Enqueuer.Connection(ctx, tx, st.ProviderID, user.ID, false)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &CallbackResult{NextURL: st.NextUrl}, nil
-}
-
-// consumeState takes the callback's state out of the database (single use)
-// and checks that it belongs to this user and browser.
-func (s *Service) consumeState(ctx context.Context, user *User, browserBinding, state string) (*dbsqlc.Oauth2State, error) {
-	stateHash, err := ParseState(state)
-	if err != nil {
-		return nil, err
-	}
-	var st *dbsqlc.Oauth2State
-	err = s.inTx(ctx, func(tx pgx.Tx) error {
-		var err error
-		st, err = queries.StateConsume(ctx, tx, stateHash)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return errInvalidState
-		}
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	if subtle.ConstantTimeCompare([]byte(st.UserID), []byte(user.ID)) != 1 ||
-		subtle.ConstantTimeCompare(st.BrowserHash, hashToken(browserBinding)) != 1 {
-		return nil, errInvalidState
-	}
-	return st, nil
-}
-
-// errExchangeFailed is the provider refusing the code (or unreachable).
-var errExchangeFailed = Errorf(EINVALID, "The provider did not accept the authorization code.")
-
-// exchange trades the authorization code for tokens, with the state's PKCE
-// verifier. A refusal is errExchangeFailed (with its cause); anything else
-// is Tether's own failure.
-func (s *Service) exchange(ctx context.Context, st *dbsqlc.Oauth2State, provider *oauthclient.Provider, endpoints oauthclient.Endpoints, code string) (*oauth2.Token, error) {
-	cfg := oauthclient.Config(provider, endpoints, s.redirectURL())
-	var opts []oauth2.AuthCodeOption
-	if len(st.CodeVerifierEnc) > 0 {
-		verifier, _, err := s.Keys.Decrypt(st.CodeVerifierEnc, keyring.StateAAD(st.StateHash))
-		if err != nil {
-			return nil, fmt.Errorf("error decrypting code verifier: %w", err)
-		}
-		opts = append(opts, oauth2.VerifierOption(string(verifier)))
-	}
-	tok, err := cfg.Exchange(s.OAuth.Client.Context(ctx), code, opts...)
-	if err != nil {
-		return nil, &wrappedError{app: errExchangeFailed, cause: err}
-	}
-	return tok, nil
-}
-
 func (s *Service) storeToken(ctx context.Context, tx pgx.Tx, connectionID uuid.UUID, tok *oauth2.Token) error {
-	plain, err := json.Marshal(storedToken{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, TokenType: tok.TokenType, Expiry: tok.Expiry})
-	if err != nil {
-		return fmt.Errorf("error encoding token: %w", err)
-	}
-	enc, err := s.Keys.Encrypt(plain, keyring.TokenAAD(connectionID.String()))
+	enc, err := s.encryptToken(connectionID, tok)
 	if err != nil {
 		return err
 	}
@@ -358,6 +285,19 @@ func (s *Service) storeToken(ctx context.Context, tx pgx.Tx, connectionID uuid.U
 	return nil
 }
 
+// encryptToken encrypts a token for its connection's row.
+func (s *Service) encryptToken(connectionID uuid.UUID, tok *oauth2.Token) ([]byte, error) {
+	plain, err := json.Marshal(storedToken{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, TokenType: tok.TokenType, Expiry: tok.Expiry})
+	if err != nil {
+		return nil, fmt.Errorf("error encoding token: %w", err)
+	}
+	return s.Keys.Encrypt(plain, keyring.TokenAAD(connectionID.String()))
+}
+
+func tokenOf(st *storedToken) *oauth2.Token {
+	return &oauth2.Token{AccessToken: st.AccessToken, RefreshToken: st.RefreshToken, TokenType: st.TokenType, Expiry: st.Expiry}
+}
+
 func (s *Service) loadToken(connectionID uuid.UUID, enc []byte) (*storedToken, bool, error) {
 	plain, stale, err := s.Keys.Decrypt(enc, keyring.TokenAAD(connectionID.String()))
 	if err != nil {
@@ -368,89 +308,4 @@ func (s *Service) loadToken(connectionID uuid.UUID, enc []byte) (*storedToken, b
 		return nil, false, fmt.Errorf("error decoding token: %w", err)
 	}
 	return &st, stale, nil
-}
-
-// AccessToken is what the token endpoint returns.
-type AccessToken struct {
-	AccessToken string     `json:"access_token"`
-	ExpiresAt   *time.Time `json:"expires_at"`
-}
-
-// refreshMargin refreshes tokens that would expire this soon.
-const refreshMargin = 30 * time.Second
-
-// ConnectionToken returns a valid access token of the user's connection,
-// refreshing it when it has expired. The row is locked for the refresh, so
-// two instances refreshing the same connection make one provider call: the
-// second waits, then finds the fresh token. A refresh the provider refuses
-// with invalid_grant marks the connection error, which revokes its access.
-func (s *Service) ConnectionToken(ctx context.Context, user *User, id uuid.UUID) (*AccessToken, error) {
-	var out *AccessToken
-	var refused bool
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		row, err := queries.ConnectionGetForUpdate(ctx, tx, &dbsqlc.ConnectionGetForUpdateParams{ID: id, UserID: user.ID})
-		if err != nil {
-			return notFound(err, "connection")
-		}
-		if ConnectionStatus(row.Status) != StatusConnected || len(row.TokenEnc) == 0 {
-			return Errorf(ECONFLICT, "The connection is %s; connect again to get a token.", row.Status)
-		}
-		tok, stale, err := s.loadToken(row.ID, row.TokenEnc)
-		if err != nil {
-			return err
-		}
-		if tok.Expiry.IsZero() || time.Until(tok.Expiry) > refreshMargin {
-			if stale { // re-encrypt under the current key while we hold the row
-				if err := s.storeToken(ctx, tx, row.ID, &oauth2.Token{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, TokenType: tok.TokenType, Expiry: tok.Expiry}); err != nil {
-					return err
-				}
-			}
-			out = accessToken(tok.AccessToken, tok.Expiry)
-			return nil
-		}
-		if tok.RefreshToken == "" {
-			return Errorf(ECONFLICT, "The token has expired and cannot be refreshed; connect again.")
-		}
-		provider, endpoints, err := s.oauthProvider(ctx, tx, row.ProviderID)
-		if err != nil {
-			return err
-		}
-		cfg := oauthclient.Config(provider, endpoints, s.redirectURL())
-		fresh, err := cfg.TokenSource(s.OAuth.Client.Context(ctx), &oauth2.Token{
-			RefreshToken: tok.RefreshToken, Expiry: time.Now().Add(-time.Second),
-		}).Token()
-		switch {
-		case err != nil && oauthclient.IsInvalidGrant(err):
-			refused = true
-			if _, err := queries.ConnectionUpsertStatus(ctx, tx, &dbsqlc.ConnectionUpsertStatusParams{UserID: user.ID, ProviderID: row.ProviderID, Status: string(StatusError)}); err != nil {
-				return fmt.Errorf("error marking connection broken: %w", err)
-			}
-			return s.Enqueuer.Connection(ctx, tx, row.ProviderID, user.ID, true)
-		case err != nil:
-			return &wrappedError{app: Errorf(EUNAVAILABLE, "The provider could not refresh the token; try again."), cause: err}
-		}
-		if fresh.RefreshToken == "" {
-			fresh.RefreshToken = tok.RefreshToken // not rotated: keep the old one
-		}
-		if err := s.storeToken(ctx, tx, row.ID, fresh); err != nil {
-			return err
-		}
-		out = accessToken(fresh.AccessToken, fresh.Expiry)
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if refused {
-		return nil, Errorf(ECONFLICT, "The provider revoked this connection; connect again.")
-	}
-	return out, nil
-}
-
-func accessToken(token string, expiry time.Time) *AccessToken {
-	out := &AccessToken{AccessToken: token}
-	if !expiry.IsZero() {
-		out.ExpiresAt = &expiry
-	}
-	return out
 }

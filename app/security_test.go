@@ -3,6 +3,7 @@ package app_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -125,14 +126,80 @@ func TestCookieFlags(t *testing.T) {
 	require.True(t, auth.HttpOnly)
 	require.Equal(t, http.SameSiteLaxMode, auth.SameSite)
 
-	// With an https public URL every cookie is Secure.
+	require.Empty(t, resp.Header.Get("Strict-Transport-Security"), "no HSTS over plain http")
+
+	// With an https public URL every cookie is Secure, the binding cookie
+	// takes the __Host- prefix (no sibling host can set it: Path=/, no
+	// Domain), and every response carries HSTS.
 	b.tt.Service.OAuth.PublicURL = &url.URL{Scheme: "https", Host: "tether.example"}
 	resp, _ = get(t, b.browser(t, "alice"), b.url+"/api/data/oauth2/providers/dev/authorize?next_url=/ui/")
-	require.True(t, cookieOf(resp, app.BindingCookie).Secure)
+	hostBinding := cookieOf(resp, app.SecureBindingCookie)
+	require.True(t, hostBinding.Secure)
+	require.Equal(t, "/", hostBinding.Path)
+	require.Empty(t, hostBinding.Domain)
+	require.Equal(t, "max-age=63072000; includeSubDomains", resp.Header.Get("Strict-Transport-Security"))
 	loginResp, err = b.browser(t, "nobody").PostForm(b.url+"/ui/dev/login", form)
 	require.NoError(t, err)
 	loginResp.Body.Close()
 	require.True(t, cookieOf(loginResp, "tether_token").Secure)
+	for _, path := range []string{"/healthz", "/api/data/spec.json", "/api/data/oauth2/connections", "/ui/"} {
+		resp, _ := get(t, b.browser(t, "alice"), b.url+path)
+		require.NotEmpty(t, resp.Header.Get("Strict-Transport-Security"), path)
+	}
+}
+
+// Cookie tossing: a sibling host (evil.example.org next to
+// tether.example.org) plants its own tether_token or binding cookie for the
+// parent domain, with a more specific path so the browser sends it first.
+// Tether refuses any request carrying either cookie twice, whichever comes
+// first.
+func TestCookieTossing(t *testing.T) {
+	t.Parallel()
+	b := setupOAuth(t)
+	alice, mallory := devToken(t, "alice", false), devToken(t, "mallory", false)
+	b.connect(t, b.browser(t, "mallory"))
+	send := func(path, cookies string) (int, string) {
+		req, err := http.NewRequest(http.MethodGet, b.url+path, nil)
+		require.NoError(t, err)
+		req.Header.Set("Cookie", cookies)
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, string(body)
+	}
+	for _, cookies := range []string{
+		"tether_token=" + mallory + "; tether_token=" + alice,
+		"tether_token=" + alice + "; tether_token=" + mallory,
+		"tether_token=" + alice + "; tether_token=" + alice,
+	} {
+		for _, path := range []string{"/api/data/oauth2/connections", "/api/data/oauth2/providers/dev/authorize?next_url=/ui/", "/ui/"} {
+			status, body := send(path, cookies)
+			require.Equal(t, http.StatusUnauthorized, status, "%s: %s", path, body)
+			requireErrorBody(t, []byte(body), app.EUNAUTHORIZED)
+		}
+	}
+	// The planted binding cookie: the victim's flow fails, it never
+	// completes under the planter's binding.
+	victim := b.browser(t, "alice")
+	cb := b.login(t, victim, b.authorize(t, victim, "/ui/"))
+	u, _ := url.Parse(b.url + app.CallbackPath)
+	binding := ""
+	for _, c := range victim.Jar.Cookies(u) {
+		if c.Name == app.BindingCookie {
+			binding = c.Value
+		}
+	}
+	require.NotEmpty(t, binding)
+	status, body := send(strings.TrimPrefix(cb.String(), b.url),
+		"tether_token="+alice+"; "+app.BindingCookie+"=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA; "+app.BindingCookie+"="+binding)
+	require.Equal(t, http.StatusBadRequest, status, body)
+	conns, err := b.tt.Service.ConnectionList(context.Background(), &app.User{ID: "alice"})
+	require.NoError(t, err)
+	for _, c := range conns {
+		require.NotEqual(t, app.StatusConnected, c.Status, "nothing connected")
+	}
 }
 
 // The page carries a strict CSP and the usual security headers, and has no

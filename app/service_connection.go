@@ -8,8 +8,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tetherhq/tether/db/dbsqlc"
-	"github.com/tetherhq/tether/internal/keyring"
-	"github.com/tetherhq/tether/internal/oauthclient"
 )
 
 // ConnectionList lists the user's own connections.
@@ -53,35 +51,11 @@ func (s *Service) ConnectionDelete(ctx context.Context, user *User, id uuid.UUID
 }
 
 func (s *Service) queueRevocation(ctx context.Context, tx pgx.Tx, row *dbsqlc.Oauth2Connection) error {
-	if len(row.TokenEnc) == 0 || s.OAuth == nil {
-		return nil
-	}
 	provider, err := queries.ProviderGetByID(ctx, tx, row.ProviderID)
 	if err != nil {
 		return fmt.Errorf("error reading provider: %w", err)
 	}
-	// Only endpoints known without a network call: discovery (OIDC) is left
-	// to the job.
-	if kind := oauthclient.Kind(provider.Kind); kind == oauthclient.KindGitHub || (kind == oauthclient.KindGenericOAuth2 && provider.RevocationUrl == "") {
-		return nil
-	}
-	tok, _, err := s.loadToken(row.ID, row.TokenEnc)
-	if err != nil {
-		return err
-	}
-	token, hint := tok.RefreshToken, "refresh_token"
-	if token == "" {
-		token, hint = tok.AccessToken, "access_token"
-	}
-	revocationID := uuid.New()
-	enc, err := s.Keys.Encrypt([]byte(token), keyring.RevocationAAD(revocationID.String()))
-	if err != nil {
-		return err
-	}
-	if err := queries.RevocationInsert(ctx, tx, &dbsqlc.RevocationInsertParams{ID: revocationID, ProviderID: row.ProviderID, TokenEnc: enc, TokenHint: hint}); err != nil {
-		return fmt.Errorf("error queueing token revocation: %w", err)
-	}
-	return s.Enqueuer.Revocation(ctx, tx, revocationID)
+	return s.queueRevocationsOf(ctx, tx, provider, []*dbsqlc.Oauth2Connection{row})
 }
 
 // ConnectionSetStatus records the outcome of an authorization (connected)

@@ -64,6 +64,9 @@ func (s *Service) providerParams(in *ProviderInput, cur *dbsqlc.Oauth2Provider) 
 		if err := checkURL(f.name, f.value); err != nil {
 			return nil, err
 		}
+		if err := s.checkURLSecure(f.name, f.value); err != nil {
+			return nil, err
+		}
 	}
 	switch oauthclient.Kind(p.Kind) {
 	case oauthclient.KindGitLab:
@@ -153,6 +156,14 @@ func (s *Service) ProviderUpdate(ctx context.Context, id string, in *ProviderInp
 		if err != nil {
 			return err
 		}
+		if err := s.checkSecretFollowsEndpoints(in, cur, p); err != nil {
+			return err
+		}
+		if clientChanged(cur, p) {
+			if err := s.breakConnections(ctx, tx, cur); err != nil {
+				return err
+			}
+		}
 		row, err := queries.ProviderUpdate(ctx, tx, &dbsqlc.ProviderUpdateParams{
 			ID: p.ID, Kind: p.Kind, DisplayName: p.DisplayName, ClientID: p.ClientID, ClientSecretEnc: p.ClientSecretEnc,
 			Scope: p.Scope, Url: p.Url, UsePkce: p.UsePkce, AuthorizationUrl: p.AuthorizationUrl, TokenUrl: p.TokenUrl,
@@ -168,10 +179,12 @@ func (s *Service) ProviderUpdate(ctx context.Context, id string, in *ProviderInp
 }
 
 // ProviderDelete deletes a provider that no pool links, with its connections;
-// their access is revoked through the outbox.
+// their access and their tokens at the provider are revoked through the
+// outbox (the revocations outlive the provider's row).
 func (s *Service) ProviderDelete(ctx context.Context, id string) error {
 	return s.inTx(ctx, func(tx pgx.Tx) error {
-		if _, err := queries.ProviderGetByIDForUpdate(ctx, tx, id); err != nil {
+		provider, err := queries.ProviderGetByIDForUpdate(ctx, tx, id)
+		if err != nil {
 			return notFound(err, "provider")
 		}
 		linked, err := queries.ProviderIsLinked(ctx, tx, id)
@@ -181,9 +194,16 @@ func (s *Service) ProviderDelete(ctx context.Context, id string) error {
 		if linked {
 			return Errorf(ECONFLICT, "Resource pools link provider %q; unlink them first.", id)
 		}
-		userIDs, err := queries.ConnectionDeleteByProvider(ctx, tx, id)
+		conns, err := queries.ConnectionDeleteByProvider(ctx, tx, id)
 		if err != nil {
 			return fmt.Errorf("error deleting connections: %w", err)
+		}
+		if err := s.queueRevocationsOf(ctx, tx, provider, conns); err != nil {
+			return err
+		}
+		userIDs := make([]string, len(conns))
+		for i, c := range conns {
+			userIDs[i] = c.UserID
 		}
 		if _, err := queries.ProviderDelete(ctx, tx, id); err != nil {
 			if isForeignKeyViolation(err) {

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"embed"
 	"encoding/base64"
+	"errors"
 	"html/template"
 	"net/http"
 	"time"
@@ -43,7 +44,7 @@ type uiState struct {
 func (s *Server) registerUI(ui UIConfig, riverUI bool) {
 	s.ui = uiState{UIConfig: ui, registered: true, riverUI: riverUI}
 	e := s.Echo
-	g := e.Group("/ui", uiHeaders)
+	g := e.Group("/ui", uiHeaders, s.requireSameOrigin)
 	e.GET("/", func(c echo.Context) error { return c.Redirect(http.StatusFound, "/ui/") })
 	e.GET("/favicon.ico", staticFile("ui/favicon.ico", "image/x-icon"), uiHeaders)
 	g.GET("/static/style.css", staticFile("ui/style.css", "text/css; charset=utf-8"))
@@ -88,11 +89,11 @@ func render(c echo.Context, status int, name string, data any) error {
 
 // uiUser authenticates a page request from the auth cookie.
 func (s *Server) uiUser(c echo.Context) (*User, string, error) {
-	raw := ""
-	if ck, err := c.Cookie(s.cookie); err == nil {
-		raw = ck.Value
+	raw, err := cookieValue(c.Request(), s.cookie)
+	if err != nil {
+		return nil, "", err
 	}
-	user, err := s.auth.Authenticate(raw)
+	user, err := s.auth.Authenticate(c.Request().Context(), raw)
 	return user, raw, err
 }
 
@@ -125,7 +126,7 @@ func (s *Server) uiForm(c echo.Context) (*User, error) {
 func (s *Server) uiPage(c echo.Context) error {
 	user, raw, err := s.uiUser(c)
 	if err != nil {
-		if s.ui.DevLogin {
+		if s.ui.DevLogin && !errors.Is(err, errDuplicateCookie) {
 			return c.Redirect(http.StatusFound, "/ui/dev/login")
 		}
 		return err
@@ -214,12 +215,13 @@ func (s *Server) uiLogin(c echo.Context) error {
 	if c.Request().PostForm.Get("admin") == "true" {
 		roles = []string{s.ui.AdminRole}
 	}
+	s.logger.Warn("dev-mode sign-in (TETHER_DEV_MODE is on)", "user_id", userID, "admin", len(roles) > 0)
 	token, err := SignDevToken(s.ui.HMACSecret, userID, roles, 12*time.Hour)
 	if err != nil {
 		return err
 	}
 	c.SetCookie(&http.Cookie{Name: s.cookie, Value: token, Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode,
-		Secure: s.secureCookies(), MaxAge: int((12 * time.Hour) / time.Second)})
+		Secure: s.authCookieSecure(), MaxAge: int((12 * time.Hour) / time.Second)})
 	return c.Redirect(http.StatusSeeOther, "/ui/")
 }
 

@@ -28,16 +28,26 @@ func (RevokeTokenArgs) InsertOpts() river.InsertOpts {
 	return river.InsertOpts{MaxAttempts: 300, Priority: PriorityGrant}
 }
 
-// Revocation inserts the job for a queued token revocation.
-func (e *Enqueuer) Revocation(ctx context.Context, tx pgx.Tx, id uuid.UUID) error {
-	if _, err := e.River.InsertTx(ctx, tx, RevokeTokenArgs{RevocationID: id}, nil); err != nil {
-		return fmt.Errorf("error inserting token revocation job: %w", err)
+// Revocations inserts the jobs of queued token revocations.
+func (e *Enqueuer) Revocations(ctx context.Context, tx pgx.Tx, ids []uuid.UUID) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	params := make([]river.InsertManyParams, len(ids))
+	for i, id := range ids {
+		params[i] = river.InsertManyParams{Args: RevokeTokenArgs{RevocationID: id}}
+	}
+	if _, err := e.River.InsertManyFastTx(ctx, tx, params); err != nil {
+		return fmt.Errorf("error inserting token revocation jobs: %w", err)
 	}
 	return nil
 }
 
-// RevokeWorker revokes a deleted connection's token at the provider
-// (RFC 7009), retrying while the provider is unavailable.
+// RevokeWorker revokes a dropped token at the provider that issued it (RFC
+// 7009), retrying while the provider is unavailable. The revocation row
+// carries that provider's client and endpoints as they were when the token
+// was dropped: the provider may have been deleted, or pointed elsewhere,
+// since.
 type RevokeWorker struct {
 	river.WorkerDefaults[RevokeTokenArgs]
 	*Syncer
@@ -51,7 +61,7 @@ func (w *RevokeWorker) Work(ctx context.Context, job *river.Job[RevokeTokenArgs]
 	q := dbsqlc.New()
 	row, err := q.RevocationGet(ctx, w.DB, job.Args.RevocationID)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil // done already, or its provider was deleted
+		return nil // done already
 	}
 	if err != nil {
 		return fmt.Errorf("error reading revocation: %w", err)
@@ -67,7 +77,7 @@ func (w *RevokeWorker) Work(ctx context.Context, job *river.Job[RevokeTokenArgs]
 		return river.JobCancel(fmt.Errorf("error decrypting token to revoke: %w", err))
 	}
 	provider := &oauthclient.Provider{ID: row.ProviderID, Kind: oauthclient.Kind(row.Kind), ClientID: row.ClientID, URL: row.Url,
-		AuthorizationURL: row.AuthorizationUrl, TokenURL: row.TokenUrl, RevocationURL: row.RevocationUrl, IssuerURL: row.IssuerUrl}
+		TokenURL: row.TokenUrl, RevocationURL: row.RevocationUrl, IssuerURL: row.IssuerUrl}
 	if len(row.ClientSecretEnc) > 0 {
 		secret, _, err := w.Keys.Decrypt(row.ClientSecretEnc, keyring.ClientSecretAAD(row.ProviderID))
 		if err != nil {
@@ -82,7 +92,7 @@ func (w *RevokeWorker) Work(ctx context.Context, job *river.Job[RevokeTokenArgs]
 	if endpoints.RevocationURL == "" {
 		return done()
 	}
-	err = w.OAuth.Revoke(ctx, oauthclient.Config(provider, endpoints, ""), endpoints.RevocationURL, string(token), row.TokenHint)
+	err = w.OAuth.Revoke(ctx, provider, endpoints, string(token), row.TokenHint)
 	if err != nil && errors.Is(err, oauthclient.ErrTemporary) {
 		return err // retried with backoff; the error text holds no token
 	}

@@ -171,6 +171,10 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 			env{"TETHER_AUTH_HMAC_SECRET": ""}, "TETHER_AUTH_HMAC_SECRET", 78},
 		{"worker lease not shorter than the rescue horizon", []string{"serve", "--role", "worker"},
 			env{"TETHER_WORKER_LEASE_TTL": "2m"}, "TETHER_WORKER_LEASE_TTL", 78},
+		{"dev mode on every interface", []string{"serve"},
+			env{"TETHER_DEV_MODE": "true", "TETHER_HTTP_ADDR": "0.0.0.0:0"}, "TETHER_DEV_MODE", 78},
+		{"HMAC secret next to an issuer", []string{"serve"},
+			env{"TETHER_AUTH_ISSUER": "https://idp.example", "TETHER_AUTH_AUDIENCE": "tether"}, "TETHER_AUTH_HMAC_SECRET", 78},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -37,8 +37,12 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		_ = e.Stop(context.WithoutCancel(ctx))
 		return err
 	}
+	if cfg.DevMode {
+		logger.Warn("TETHER_DEV_MODE is on: anyone who reaches " + cfg.PublicURL.String() +
+			" can sign in as anyone, admins included, at /ui/dev/login. Never run it like this in production.")
+	}
 	logger.Info("tether serving", "addr", e.Addr().String(), "public_url", cfg.PublicURL.String(), "role", string(role),
-		"client_id", e.River.ID())
+		"client_id", e.River.ID(), "dev_mode", cfg.DevMode)
 	if err := e.Wait(ctx); err != nil {
 		logger.Error("HTTP server failed", "error", err)
 	}

@@ -28,22 +28,37 @@ func (q *Queries) ConnectionDeleteAbandoned(ctx context.Context, db DBTX) (int64
 
 const connectionDeleteByProvider = `-- name: ConnectionDeleteByProvider :many
 DELETE FROM oauth2_connections WHERE provider_id = $1
-RETURNING user_id
+RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at, account, granted_scopes, connected_at, authorizing_until, refresh_lease_id, refresh_lease_until
 `
 
-func (q *Queries) ConnectionDeleteByProvider(ctx context.Context, db DBTX, providerID string) ([]string, error) {
+func (q *Queries) ConnectionDeleteByProvider(ctx context.Context, db DBTX, providerID string) ([]*Oauth2Connection, error) {
 	rows, err := db.Query(ctx, connectionDeleteByProvider, providerID)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var items []string
+	var items []*Oauth2Connection
 	for rows.Next() {
-		var user_id string
-		if err := rows.Scan(&user_id); err != nil {
+		var i Oauth2Connection
+		if err := rows.Scan(
+			&i.ID,
+			&i.UserID,
+			&i.ProviderID,
+			&i.Status,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.TokenEnc,
+			&i.TokenExpiresAt,
+			&i.Account,
+			&i.GrantedScopes,
+			&i.ConnectedAt,
+			&i.AuthorizingUntil,
+			&i.RefreshLeaseID,
+			&i.RefreshLeaseUntil,
+		); err != nil {
 			return nil, err
 		}
-		items = append(items, user_id)
+		items = append(items, &i)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
@@ -53,7 +68,7 @@ func (q *Queries) ConnectionDeleteByProvider(ctx context.Context, db DBTX, provi
 
 const connectionDeleteForUser = `-- name: ConnectionDeleteForUser :one
 DELETE FROM oauth2_connections WHERE id = $1 AND user_id = $2
-RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at, account, granted_scopes, connected_at, authorizing_until
+RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at, account, granted_scopes, connected_at, authorizing_until, refresh_lease_id, refresh_lease_until
 `
 
 type ConnectionDeleteForUserParams struct {
@@ -77,6 +92,8 @@ func (q *Queries) ConnectionDeleteForUser(ctx context.Context, db DBTX, arg *Con
 		&i.GrantedScopes,
 		&i.ConnectedAt,
 		&i.AuthorizingUntil,
+		&i.RefreshLeaseID,
+		&i.RefreshLeaseUntil,
 	)
 	return &i, err
 }
@@ -98,6 +115,87 @@ func (q *Queries) ConnectionDeletePending(ctx context.Context, db DBTX, arg *Con
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const connectionDeletePendingByProvider = `-- name: ConnectionDeletePendingByProvider :execrows
+DELETE FROM oauth2_connections WHERE provider_id = $1 AND status = 'pending'
+`
+
+// Connections that were never connected end with their authorizations.
+func (q *Queries) ConnectionDeletePendingByProvider(ctx context.Context, db DBTX, providerID string) (int64, error) {
+	result, err := db.Exec(ctx, connectionDeletePendingByProvider, providerID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const connectionDropTokensByProvider = `-- name: ConnectionDropTokensByProvider :many
+WITH old AS (
+    SELECT o.id, o.user_id, o.provider_id, o.status, o.created_at, o.updated_at, o.token_enc, o.token_expires_at, o.account, o.granted_scopes, o.connected_at, o.authorizing_until, o.refresh_lease_id, o.refresh_lease_until FROM oauth2_connections o WHERE o.provider_id = $1 AND o.status <> 'pending' FOR UPDATE
+), dropped AS (
+    UPDATE oauth2_connections c
+    SET status = 'error', token_enc = NULL, token_expires_at = NULL, authorizing_until = NULL,
+        refresh_lease_id = NULL, refresh_lease_until = NULL, updated_at = now()
+    FROM old WHERE c.id = old.id
+)
+SELECT id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at, account, granted_scopes, connected_at, authorizing_until, refresh_lease_id, refresh_lease_until FROM old
+`
+
+type ConnectionDropTokensByProviderRow struct {
+	ID                uuid.UUID
+	UserID            string
+	ProviderID        string
+	Status            string
+	CreatedAt         time.Time
+	UpdatedAt         time.Time
+	TokenEnc          []byte
+	TokenExpiresAt    *time.Time
+	Account           *string
+	GrantedScopes     []string
+	ConnectedAt       *time.Time
+	AuthorizingUntil  *time.Time
+	RefreshLeaseID    *uuid.UUID
+	RefreshLeaseUntil *time.Time
+}
+
+// A provider's endpoints or client changed: its tokens are never sent to the
+// new ones. Every connection that was ever connected breaks (users connect
+// again; its authorization in flight, if any, is over); the old rows are
+// returned first, for their tokens' revocation at the old endpoints.
+func (q *Queries) ConnectionDropTokensByProvider(ctx context.Context, db DBTX, providerID string) ([]*ConnectionDropTokensByProviderRow, error) {
+	rows, err := db.Query(ctx, connectionDropTokensByProvider, providerID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []*ConnectionDropTokensByProviderRow
+	for rows.Next() {
+		var i ConnectionDropTokensByProviderRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.UserID,
+			&i.ProviderID,
+			&i.Status,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.TokenEnc,
+			&i.TokenExpiresAt,
+			&i.Account,
+			&i.GrantedScopes,
+			&i.ConnectedAt,
+			&i.AuthorizingUntil,
+			&i.RefreshLeaseID,
+			&i.RefreshLeaseUntil,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, &i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const connectionEndAuthorizing = `-- name: ConnectionEndAuthorizing :exec
@@ -131,7 +229,7 @@ func (q *Queries) ConnectionEndLapsedAuthorizing(ctx context.Context, db DBTX) (
 }
 
 const connectionGetForUser = `-- name: ConnectionGetForUser :one
-SELECT c.id, c.user_id, c.provider_id, c.status, c.created_at, c.updated_at, c.token_enc, c.token_expires_at, c.account, c.granted_scopes, c.connected_at, c.authorizing_until, s.generation, s.applied_generation, s.applied_at, s.last_error
+SELECT c.id, c.user_id, c.provider_id, c.status, c.created_at, c.updated_at, c.token_enc, c.token_expires_at, c.account, c.granted_scopes, c.connected_at, c.authorizing_until, c.refresh_lease_id, c.refresh_lease_until, s.generation, s.applied_generation, s.applied_at, s.last_error
 FROM oauth2_connections c
 LEFT JOIN sync_state s ON s.kind = 'connection' AND s.key_id = c.provider_id || '/' || tether_subject_id(c.user_id)
 WHERE c.id = $1 AND c.user_id = $2
@@ -156,6 +254,8 @@ type ConnectionGetForUserRow struct {
 	GrantedScopes     []string
 	ConnectedAt       *time.Time
 	AuthorizingUntil  *time.Time
+	RefreshLeaseID    *uuid.UUID
+	RefreshLeaseUntil *time.Time
 	Generation        *int64
 	AppliedGeneration *int64
 	AppliedAt         *time.Time
@@ -178,6 +278,8 @@ func (q *Queries) ConnectionGetForUser(ctx context.Context, db DBTX, arg *Connec
 		&i.GrantedScopes,
 		&i.ConnectedAt,
 		&i.AuthorizingUntil,
+		&i.RefreshLeaseID,
+		&i.RefreshLeaseUntil,
 		&i.Generation,
 		&i.AppliedGeneration,
 		&i.AppliedAt,
@@ -191,7 +293,7 @@ INSERT INTO oauth2_connections (user_id, provider_id, status, authorizing_until)
 VALUES ($1, $2, 'pending', $3)
 ON CONFLICT (user_id, provider_id) DO UPDATE SET updated_at = now(),
     authorizing_until = GREATEST(oauth2_connections.authorizing_until, EXCLUDED.authorizing_until)
-RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at, account, granted_scopes, connected_at, authorizing_until
+RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at, account, granted_scopes, connected_at, authorizing_until, refresh_lease_id, refresh_lease_until
 `
 
 type ConnectionInsertPendingParams struct {
@@ -219,12 +321,14 @@ func (q *Queries) ConnectionInsertPending(ctx context.Context, db DBTX, arg *Con
 		&i.GrantedScopes,
 		&i.ConnectedAt,
 		&i.AuthorizingUntil,
+		&i.RefreshLeaseID,
+		&i.RefreshLeaseUntil,
 	)
 	return &i, err
 }
 
 const connectionListByUser = `-- name: ConnectionListByUser :many
-SELECT c.id, c.user_id, c.provider_id, c.status, c.created_at, c.updated_at, c.token_enc, c.token_expires_at, c.account, c.granted_scopes, c.connected_at, c.authorizing_until, s.generation, s.applied_generation, s.applied_at, s.last_error
+SELECT c.id, c.user_id, c.provider_id, c.status, c.created_at, c.updated_at, c.token_enc, c.token_expires_at, c.account, c.granted_scopes, c.connected_at, c.authorizing_until, c.refresh_lease_id, c.refresh_lease_until, s.generation, s.applied_generation, s.applied_at, s.last_error
 FROM oauth2_connections c
 LEFT JOIN sync_state s ON s.kind = 'connection' AND s.key_id = c.provider_id || '/' || tether_subject_id(c.user_id)
 WHERE c.user_id = $1
@@ -248,6 +352,8 @@ type ConnectionListByUserRow struct {
 	GrantedScopes     []string
 	ConnectedAt       *time.Time
 	AuthorizingUntil  *time.Time
+	RefreshLeaseID    *uuid.UUID
+	RefreshLeaseUntil *time.Time
 	Generation        *int64
 	AppliedGeneration *int64
 	AppliedAt         *time.Time
@@ -276,6 +382,8 @@ func (q *Queries) ConnectionListByUser(ctx context.Context, db DBTX, userID stri
 			&i.GrantedScopes,
 			&i.ConnectedAt,
 			&i.AuthorizingUntil,
+			&i.RefreshLeaseID,
+			&i.RefreshLeaseUntil,
 			&i.Generation,
 			&i.AppliedGeneration,
 			&i.AppliedAt,
@@ -361,7 +469,7 @@ VALUES ($1, $2, $3, CASE WHEN $3 = 'connected' THEN now() END)
 ON CONFLICT (user_id, provider_id) DO UPDATE SET status = EXCLUDED.status, updated_at = now(),
     connected_at = CASE WHEN EXCLUDED.status = 'connected' THEN now() ELSE oauth2_connections.connected_at END,
     authorizing_until = CASE WHEN EXCLUDED.status = 'connected' THEN NULL ELSE oauth2_connections.authorizing_until END
-RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at, account, granted_scopes, connected_at, authorizing_until
+RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at, account, granted_scopes, connected_at, authorizing_until, refresh_lease_id, refresh_lease_until
 `
 
 type ConnectionUpsertStatusParams struct {
@@ -387,6 +495,8 @@ func (q *Queries) ConnectionUpsertStatus(ctx context.Context, db DBTX, arg *Conn
 		&i.GrantedScopes,
 		&i.ConnectedAt,
 		&i.AuthorizingUntil,
+		&i.RefreshLeaseID,
+		&i.RefreshLeaseUntil,
 	)
 	return &i, err
 }

@@ -44,3 +44,45 @@ func (r iteratorForReconcileActualInsert) Err() error {
 func (q *Queries) ReconcileActualInsert(ctx context.Context, db DBTX, arg []*ReconcileActualInsertParams) (int64, error) {
 	return db.CopyFrom(ctx, []string{"reconcile_actual"}, []string{"resource_type", "resource_id", "relation", "subject_type", "subject_id"}, &iteratorForReconcileActualInsert{rows: arg})
 }
+
+// iteratorForRevocationInsertMany implements pgx.CopyFromSource.
+type iteratorForRevocationInsertMany struct {
+	rows                 []*RevocationInsertManyParams
+	skippedFirstNextCall bool
+}
+
+func (r *iteratorForRevocationInsertMany) Next() bool {
+	if len(r.rows) == 0 {
+		return false
+	}
+	if !r.skippedFirstNextCall {
+		r.skippedFirstNextCall = true
+		return true
+	}
+	r.rows = r.rows[1:]
+	return len(r.rows) > 0
+}
+
+func (r iteratorForRevocationInsertMany) Values() ([]interface{}, error) {
+	return []interface{}{
+		r.rows[0].ID,
+		r.rows[0].ProviderID,
+		r.rows[0].TokenEnc,
+		r.rows[0].TokenHint,
+		r.rows[0].Kind,
+		r.rows[0].ClientID,
+		r.rows[0].ClientSecretEnc,
+		r.rows[0].Url,
+		r.rows[0].TokenUrl,
+		r.rows[0].RevocationUrl,
+		r.rows[0].IssuerUrl,
+	}, nil
+}
+
+func (r iteratorForRevocationInsertMany) Err() error {
+	return nil
+}
+
+func (q *Queries) RevocationInsertMany(ctx context.Context, db DBTX, arg []*RevocationInsertManyParams) (int64, error) {
+	return db.CopyFrom(ctx, []string{"oauth2_token_revocations"}, []string{"id", "provider_id", "token_enc", "token_hint", "kind", "client_id", "client_secret_enc", "url", "token_url", "revocation_url", "issuer_url"}, &iteratorForRevocationInsertMany{rows: arg})
+}

@@ -113,6 +113,57 @@ func (q *Queries) KeysProviderSecrets(ctx context.Context, db DBTX, arg *KeysPro
 	return items, nil
 }
 
+const keysRevocationSecretSet = `-- name: KeysRevocationSecretSet :exec
+UPDATE oauth2_token_revocations SET client_secret_enc = $1 WHERE id = $2 AND client_secret_enc = $3
+`
+
+type KeysRevocationSecretSetParams struct {
+	ClientSecretEnc []byte
+	ID              uuid.UUID
+	OldEnc          []byte
+}
+
+func (q *Queries) KeysRevocationSecretSet(ctx context.Context, db DBTX, arg *KeysRevocationSecretSetParams) error {
+	_, err := db.Exec(ctx, keysRevocationSecretSet, arg.ClientSecretEnc, arg.ID, arg.OldEnc)
+	return err
+}
+
+const keysRevocationSecrets = `-- name: KeysRevocationSecrets :many
+SELECT id, provider_id, client_secret_enc FROM oauth2_token_revocations
+WHERE client_secret_enc IS NOT NULL AND id > $1 ORDER BY id LIMIT $2
+`
+
+type KeysRevocationSecretsParams struct {
+	AfterID uuid.UUID
+	MaxRows int32
+}
+
+type KeysRevocationSecretsRow struct {
+	ID              uuid.UUID
+	ProviderID      string
+	ClientSecretEnc []byte
+}
+
+func (q *Queries) KeysRevocationSecrets(ctx context.Context, db DBTX, arg *KeysRevocationSecretsParams) ([]*KeysRevocationSecretsRow, error) {
+	rows, err := db.Query(ctx, keysRevocationSecrets, arg.AfterID, arg.MaxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []*KeysRevocationSecretsRow
+	for rows.Next() {
+		var i KeysRevocationSecretsRow
+		if err := rows.Scan(&i.ID, &i.ProviderID, &i.ClientSecretEnc); err != nil {
+			return nil, err
+		}
+		items = append(items, &i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const keysRevocationTokenSet = `-- name: KeysRevocationTokenSet :exec
 UPDATE oauth2_token_revocations SET token_enc = $1 WHERE id = $2 AND token_enc = $3
 `

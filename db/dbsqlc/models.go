@@ -72,18 +72,20 @@ type DesiredRelationship struct {
 }
 
 type Oauth2Connection struct {
-	ID               uuid.UUID
-	UserID           string
-	ProviderID       string
-	Status           string
-	CreatedAt        time.Time
-	UpdatedAt        time.Time
-	TokenEnc         []byte
-	TokenExpiresAt   *time.Time
-	Account          *string
-	GrantedScopes    []string
-	ConnectedAt      *time.Time
-	AuthorizingUntil *time.Time
+	ID                uuid.UUID
+	UserID            string
+	ProviderID        string
+	Status            string
+	CreatedAt         time.Time
+	UpdatedAt         time.Time
+	TokenEnc          []byte
+	TokenExpiresAt    *time.Time
+	Account           *string
+	GrantedScopes     []string
+	ConnectedAt       *time.Time
+	AuthorizingUntil  *time.Time
+	RefreshLeaseID    *uuid.UUID
+	RefreshLeaseUntil *time.Time
 }
 
 type Oauth2Provider struct {
@@ -115,11 +117,18 @@ type Oauth2State struct {
 }
 
 type Oauth2TokenRevocation struct {
-	ID         uuid.UUID
-	ProviderID string
-	TokenEnc   []byte
-	TokenHint  string
-	CreatedAt  time.Time
+	ID              uuid.UUID
+	ProviderID      string
+	TokenEnc        []byte
+	TokenHint       string
+	CreatedAt       time.Time
+	Kind            string
+	ClientID        string
+	ClientSecretEnc []byte
+	Url             string
+	TokenUrl        string
+	RevocationUrl   string
+	IssuerUrl       string
 }
 
 type ReconcileActual struct {

@@ -12,17 +12,17 @@ import (
 	"github.com/google/uuid"
 )
 
-const connectionGetForUpdate = `-- name: ConnectionGetForUpdate :one
-SELECT id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at, account, granted_scopes, connected_at, authorizing_until FROM oauth2_connections WHERE id = $1 AND user_id = $2 FOR UPDATE
+const connectionGetByUserProviderForUpdate = `-- name: ConnectionGetByUserProviderForUpdate :one
+SELECT id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at, account, granted_scopes, connected_at, authorizing_until, refresh_lease_id, refresh_lease_until FROM oauth2_connections WHERE user_id = $1 AND provider_id = $2 FOR UPDATE
 `
 
-type ConnectionGetForUpdateParams struct {
-	ID     uuid.UUID
-	UserID string
+type ConnectionGetByUserProviderForUpdateParams struct {
+	UserID     string
+	ProviderID string
 }
 
-func (q *Queries) ConnectionGetForUpdate(ctx context.Context, db DBTX, arg *ConnectionGetForUpdateParams) (*Oauth2Connection, error) {
-	row := db.QueryRow(ctx, connectionGetForUpdate, arg.ID, arg.UserID)
+func (q *Queries) ConnectionGetByUserProviderForUpdate(ctx context.Context, db DBTX, arg *ConnectionGetByUserProviderForUpdateParams) (*Oauth2Connection, error) {
+	row := db.QueryRow(ctx, connectionGetByUserProviderForUpdate, arg.UserID, arg.ProviderID)
 	var i Oauth2Connection
 	err := row.Scan(
 		&i.ID,
@@ -37,12 +37,115 @@ func (q *Queries) ConnectionGetForUpdate(ctx context.Context, db DBTX, arg *Conn
 		&i.GrantedScopes,
 		&i.ConnectedAt,
 		&i.AuthorizingUntil,
+		&i.RefreshLeaseID,
+		&i.RefreshLeaseUntil,
 	)
 	return &i, err
 }
 
+const connectionGetOwned = `-- name: ConnectionGetOwned :one
+SELECT id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at, account, granted_scopes, connected_at, authorizing_until, refresh_lease_id, refresh_lease_until FROM oauth2_connections WHERE id = $1 AND user_id = $2
+`
+
+type ConnectionGetOwnedParams struct {
+	ID     uuid.UUID
+	UserID string
+}
+
+func (q *Queries) ConnectionGetOwned(ctx context.Context, db DBTX, arg *ConnectionGetOwnedParams) (*Oauth2Connection, error) {
+	row := db.QueryRow(ctx, connectionGetOwned, arg.ID, arg.UserID)
+	var i Oauth2Connection
+	err := row.Scan(
+		&i.ID,
+		&i.UserID,
+		&i.ProviderID,
+		&i.Status,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.TokenEnc,
+		&i.TokenExpiresAt,
+		&i.Account,
+		&i.GrantedScopes,
+		&i.ConnectedAt,
+		&i.AuthorizingUntil,
+		&i.RefreshLeaseID,
+		&i.RefreshLeaseUntil,
+	)
+	return &i, err
+}
+
+const connectionMarkBrokenIfLeased = `-- name: ConnectionMarkBrokenIfLeased :one
+UPDATE oauth2_connections
+SET status = 'error', refresh_lease_id = NULL, refresh_lease_until = NULL, updated_at = now()
+WHERE id = $1 AND refresh_lease_id = $2
+RETURNING id, user_id, provider_id, status, created_at, updated_at, token_enc, token_expires_at, account, granted_scopes, connected_at, authorizing_until, refresh_lease_id, refresh_lease_until
+`
+
+type ConnectionMarkBrokenIfLeasedParams struct {
+	ID      uuid.UUID
+	LeaseID *uuid.UUID
+}
+
+// The provider refused the refresh (invalid_grant): the connection is broken.
+func (q *Queries) ConnectionMarkBrokenIfLeased(ctx context.Context, db DBTX, arg *ConnectionMarkBrokenIfLeasedParams) (*Oauth2Connection, error) {
+	row := db.QueryRow(ctx, connectionMarkBrokenIfLeased, arg.ID, arg.LeaseID)
+	var i Oauth2Connection
+	err := row.Scan(
+		&i.ID,
+		&i.UserID,
+		&i.ProviderID,
+		&i.Status,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.TokenEnc,
+		&i.TokenExpiresAt,
+		&i.Account,
+		&i.GrantedScopes,
+		&i.ConnectedAt,
+		&i.AuthorizingUntil,
+		&i.RefreshLeaseID,
+		&i.RefreshLeaseUntil,
+	)
+	return &i, err
+}
+
+const connectionReencryptToken = `-- name: ConnectionReencryptToken :execrows
+UPDATE oauth2_connections SET token_enc = $1 WHERE id = $2 AND token_enc = $3
+`
+
+type ConnectionReencryptTokenParams struct {
+	TokenEnc []byte
+	ID       uuid.UUID
+	OldEnc   []byte
+}
+
+// Re-encrypts a token under the current key unless it changed meanwhile.
+func (q *Queries) ConnectionReencryptToken(ctx context.Context, db DBTX, arg *ConnectionReencryptTokenParams) (int64, error) {
+	result, err := db.Exec(ctx, connectionReencryptToken, arg.TokenEnc, arg.ID, arg.OldEnc)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const connectionReleaseRefreshLease = `-- name: ConnectionReleaseRefreshLease :exec
+UPDATE oauth2_connections SET refresh_lease_id = NULL, refresh_lease_until = NULL
+WHERE id = $1 AND refresh_lease_id = $2
+`
+
+type ConnectionReleaseRefreshLeaseParams struct {
+	ID      uuid.UUID
+	LeaseID *uuid.UUID
+}
+
+func (q *Queries) ConnectionReleaseRefreshLease(ctx context.Context, db DBTX, arg *ConnectionReleaseRefreshLeaseParams) error {
+	_, err := db.Exec(ctx, connectionReleaseRefreshLease, arg.ID, arg.LeaseID)
+	return err
+}
+
 const connectionSetToken = `-- name: ConnectionSetToken :exec
-UPDATE oauth2_connections SET token_enc = $1, token_expires_at = $2, updated_at = now()
+UPDATE oauth2_connections SET token_enc = $1, token_expires_at = $2,
+    refresh_lease_id = NULL, refresh_lease_until = NULL, updated_at = now()
 WHERE id = $3
 `
 
@@ -52,9 +155,68 @@ type ConnectionSetTokenParams struct {
 	ID             uuid.UUID
 }
 
+// A new token from an authorization: any refresh in flight for the old one
+// loses its lease (and cannot store over the new token).
 func (q *Queries) ConnectionSetToken(ctx context.Context, db DBTX, arg *ConnectionSetTokenParams) error {
 	_, err := db.Exec(ctx, connectionSetToken, arg.TokenEnc, arg.TokenExpiresAt, arg.ID)
 	return err
+}
+
+const connectionStoreRefreshed = `-- name: ConnectionStoreRefreshed :execrows
+UPDATE oauth2_connections
+SET token_enc = $1, token_expires_at = $2,
+    refresh_lease_id = NULL, refresh_lease_until = NULL, updated_at = now()
+WHERE id = $3 AND refresh_lease_id = $4
+`
+
+type ConnectionStoreRefreshedParams struct {
+	TokenEnc       []byte
+	TokenExpiresAt *time.Time
+	ID             uuid.UUID
+	LeaseID        *uuid.UUID
+}
+
+// Stores a refreshed token if the caller still holds the lease.
+func (q *Queries) ConnectionStoreRefreshed(ctx context.Context, db DBTX, arg *ConnectionStoreRefreshedParams) (int64, error) {
+	result, err := db.Exec(ctx, connectionStoreRefreshed,
+		arg.TokenEnc,
+		arg.TokenExpiresAt,
+		arg.ID,
+		arg.LeaseID,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const connectionTakeRefreshLease = `-- name: ConnectionTakeRefreshLease :one
+UPDATE oauth2_connections
+SET refresh_lease_id = $1, refresh_lease_until = now() + make_interval(secs => $2::float8)
+WHERE id = $3 AND status = 'connected' AND token_enc = $4
+  AND (refresh_lease_until IS NULL OR refresh_lease_until < now())
+RETURNING id
+`
+
+type ConnectionTakeRefreshLeaseParams struct {
+	LeaseID      *uuid.UUID
+	LeaseSeconds float64
+	ID           uuid.UUID
+	TokenEnc     []byte
+}
+
+// Takes the connection's refresh lease if nobody holds it (or the holder's
+// expired) and the token is still the one the caller read.
+func (q *Queries) ConnectionTakeRefreshLease(ctx context.Context, db DBTX, arg *ConnectionTakeRefreshLeaseParams) (uuid.UUID, error) {
+	row := db.QueryRow(ctx, connectionTakeRefreshLease,
+		arg.LeaseID,
+		arg.LeaseSeconds,
+		arg.ID,
+		arg.TokenEnc,
+	)
+	var id uuid.UUID
+	err := row.Scan(&id)
+	return id, err
 }
 
 const revocationDelete = `-- name: RevocationDelete :exec
@@ -67,30 +229,12 @@ func (q *Queries) RevocationDelete(ctx context.Context, db DBTX, id uuid.UUID) e
 }
 
 const revocationGet = `-- name: RevocationGet :one
-SELECT r.id, r.provider_id, r.token_enc, r.token_hint, r.created_at, p.kind, p.client_id, p.client_secret_enc, p.url, p.revocation_url, p.issuer_url, p.token_url, p.authorization_url
-FROM oauth2_token_revocations r JOIN oauth2_providers p ON p.id = r.provider_id
-WHERE r.id = $1
+SELECT id, provider_id, token_enc, token_hint, created_at, kind, client_id, client_secret_enc, url, token_url, revocation_url, issuer_url FROM oauth2_token_revocations WHERE id = $1
 `
 
-type RevocationGetRow struct {
-	ID               uuid.UUID
-	ProviderID       string
-	TokenEnc         []byte
-	TokenHint        string
-	CreatedAt        time.Time
-	Kind             string
-	ClientID         string
-	ClientSecretEnc  []byte
-	Url              string
-	RevocationUrl    string
-	IssuerUrl        string
-	TokenUrl         string
-	AuthorizationUrl string
-}
-
-func (q *Queries) RevocationGet(ctx context.Context, db DBTX, id uuid.UUID) (*RevocationGetRow, error) {
+func (q *Queries) RevocationGet(ctx context.Context, db DBTX, id uuid.UUID) (*Oauth2TokenRevocation, error) {
 	row := db.QueryRow(ctx, revocationGet, id)
-	var i RevocationGetRow
+	var i Oauth2TokenRevocation
 	err := row.Scan(
 		&i.ID,
 		&i.ProviderID,
@@ -101,34 +245,25 @@ func (q *Queries) RevocationGet(ctx context.Context, db DBTX, id uuid.UUID) (*Re
 		&i.ClientID,
 		&i.ClientSecretEnc,
 		&i.Url,
+		&i.TokenUrl,
 		&i.RevocationUrl,
 		&i.IssuerUrl,
-		&i.TokenUrl,
-		&i.AuthorizationUrl,
 	)
 	return &i, err
 }
 
-const revocationInsert = `-- name: RevocationInsert :exec
-INSERT INTO oauth2_token_revocations (id, provider_id, token_enc, token_hint)
-VALUES ($1, $2, $3, $4)
-`
-
-type RevocationInsertParams struct {
-	ID         uuid.UUID
-	ProviderID string
-	TokenEnc   []byte
-	TokenHint  string
-}
-
-func (q *Queries) RevocationInsert(ctx context.Context, db DBTX, arg *RevocationInsertParams) error {
-	_, err := db.Exec(ctx, revocationInsert,
-		arg.ID,
-		arg.ProviderID,
-		arg.TokenEnc,
-		arg.TokenHint,
-	)
-	return err
+type RevocationInsertManyParams struct {
+	ID              uuid.UUID
+	ProviderID      string
+	TokenEnc        []byte
+	TokenHint       string
+	Kind            string
+	ClientID        string
+	ClientSecretEnc []byte
+	Url             string
+	TokenUrl        string
+	RevocationUrl   string
+	IssuerUrl       string
 }
 
 const stateConsume = `-- name: StateConsume :one
@@ -151,6 +286,18 @@ func (q *Queries) StateConsume(ctx context.Context, db DBTX, stateHash []byte) (
 		&i.ExpiresAt,
 	)
 	return &i, err
+}
+
+const stateDeleteByProvider = `-- name: StateDeleteByProvider :execrows
+DELETE FROM oauth2_states WHERE provider_id = $1
+`
+
+func (q *Queries) StateDeleteByProvider(ctx context.Context, db DBTX, providerID string) (int64, error) {
+	result, err := db.Exec(ctx, stateDeleteByProvider, providerID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
 const stateDeleteExpired = `-- name: StateDeleteExpired :execrows
@@ -194,4 +341,57 @@ func (q *Queries) StateInsert(ctx context.Context, db DBTX, arg *StateInsertPara
 		arg.ExpiresAt,
 	)
 	return err
+}
+
+const stateLockUser = `-- name: StateLockUser :exec
+SELECT pg_advisory_xact_lock(hashtextextended('tether.oauth2_states/' || $1::text, 0))
+`
+
+// Serializes one user's authorizations, so the cap below holds under
+// concurrency.
+func (q *Queries) StateLockUser(ctx context.Context, db DBTX, userID string) error {
+	_, err := db.Exec(ctx, stateLockUser, userID)
+	return err
+}
+
+const statePeek = `-- name: StatePeek :one
+SELECT state_hash, user_id, provider_id, browser_hash, code_verifier_enc, next_url, created_at, expires_at FROM oauth2_states WHERE state_hash = $1
+`
+
+// A state, not consumed: the callback checks the response's issuer first.
+func (q *Queries) StatePeek(ctx context.Context, db DBTX, stateHash []byte) (*Oauth2State, error) {
+	row := db.QueryRow(ctx, statePeek, stateHash)
+	var i Oauth2State
+	err := row.Scan(
+		&i.StateHash,
+		&i.UserID,
+		&i.ProviderID,
+		&i.BrowserHash,
+		&i.CodeVerifierEnc,
+		&i.NextUrl,
+		&i.CreatedAt,
+		&i.ExpiresAt,
+	)
+	return &i, err
+}
+
+const stateTrimForUser = `-- name: StateTrimForUser :execrows
+DELETE FROM oauth2_states WHERE state_hash IN (
+    SELECT s.state_hash FROM oauth2_states s WHERE s.user_id = $1
+    ORDER BY s.created_at DESC, s.expires_at DESC OFFSET $2::int
+)
+`
+
+type StateTrimForUserParams struct {
+	UserID string
+	Keep   int32
+}
+
+// Keeps a user's newest states only.
+func (q *Queries) StateTrimForUser(ctx context.Context, db DBTX, arg *StateTrimForUserParams) (int64, error) {
+	result, err := db.Exec(ctx, stateTrimForUser, arg.UserID, arg.Keep)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }

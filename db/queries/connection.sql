@@ -76,4 +76,23 @@ ORDER BY p.id;
 
 -- name: ConnectionDeleteByProvider :many
 DELETE FROM oauth2_connections WHERE provider_id = @provider_id
-RETURNING user_id;
+RETURNING *;
+
+-- name: ConnectionDropTokensByProvider :many
+-- A provider's endpoints or client changed: its tokens are never sent to the
+-- new ones. Every connection that was ever connected breaks (users connect
+-- again; its authorization in flight, if any, is over); the old rows are
+-- returned first, for their tokens' revocation at the old endpoints.
+WITH old AS (
+    SELECT o.* FROM oauth2_connections o WHERE o.provider_id = @provider_id AND o.status <> 'pending' FOR UPDATE
+), dropped AS (
+    UPDATE oauth2_connections c
+    SET status = 'error', token_enc = NULL, token_expires_at = NULL, authorizing_until = NULL,
+        refresh_lease_id = NULL, refresh_lease_until = NULL, updated_at = now()
+    FROM old WHERE c.id = old.id
+)
+SELECT * FROM old;
+
+-- name: ConnectionDeletePendingByProvider :execrows
+-- Connections that were never connected end with their authorizations.
+DELETE FROM oauth2_connections WHERE provider_id = @provider_id AND status = 'pending';

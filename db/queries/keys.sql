@@ -27,3 +27,10 @@ WHERE id > @after_id ORDER BY id LIMIT @max_rows;
 
 -- name: KeysRevocationTokenSet :exec
 UPDATE oauth2_token_revocations SET token_enc = @token_enc WHERE id = @id AND token_enc = @old_enc;
+
+-- name: KeysRevocationSecrets :many
+SELECT id, provider_id, client_secret_enc FROM oauth2_token_revocations
+WHERE client_secret_enc IS NOT NULL AND id > @after_id ORDER BY id LIMIT @max_rows;
+
+-- name: KeysRevocationSecretSet :exec
+UPDATE oauth2_token_revocations SET client_secret_enc = @client_secret_enc WHERE id = @id AND client_secret_enc = @old_enc;

@@ -108,6 +108,12 @@ func TestLoadRules(t *testing.T) {
 		{"issuer needs audience", config.ScopeServe, map[string]string{"TETHER_AUTH_ISSUER": "https://idp.example"}, "TETHER_AUTH_AUDIENCE", "required with TETHER_AUTH_ISSUER"},
 		{"dev mode bool", config.ScopeServe, map[string]string{"TETHER_DEV_MODE": "maybe"}, "TETHER_DEV_MODE", "true or false"},
 		{"dev mode not over https", config.ScopeServe, map[string]string{"TETHER_DEV_MODE": "true", "TETHER_PUBLIC_URL": "https://t.example"}, "TETHER_DEV_MODE", "https"},
+		{"dev mode on every interface", config.ScopeServe, map[string]string{"TETHER_DEV_MODE": "true", "TETHER_HTTP_ADDR": "0.0.0.0:8080"}, "TETHER_DEV_MODE", "loopback"},
+		{"dev mode on an empty host", config.ScopeServe, map[string]string{"TETHER_DEV_MODE": "true", "TETHER_HTTP_ADDR": ":8080"}, "TETHER_DEV_MODE", "loopback"},
+		{"dev mode on a public address", config.ScopeServe, map[string]string{"TETHER_DEV_MODE": "true", "TETHER_HTTP_ADDR": "203.0.113.7:8080"}, "TETHER_DEV_MODE", "loopback"},
+		{"dev mode with an issuer", config.ScopeServe, map[string]string{"TETHER_DEV_MODE": "true", "TETHER_AUTH_ISSUER": "https://idp.example", "TETHER_AUTH_AUDIENCE": "tether"}, "TETHER_DEV_MODE", "TETHER_AUTH_ISSUER"},
+		{"hmac secret with an issuer", config.ScopeServe, map[string]string{"TETHER_AUTH_ISSUER": "https://idp.example", "TETHER_AUTH_AUDIENCE": "tether"}, "TETHER_AUTH_HMAC_SECRET", "refused together with TETHER_AUTH_ISSUER"},
+		{"cookie name", config.ScopeServe, map[string]string{"TETHER_AUTH_COOKIE": "tether token;"}, "TETHER_AUTH_COOKIE", "not a cookie name"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

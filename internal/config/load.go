@@ -3,12 +3,14 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tetherhq/tether/internal/keyring"
+	"github.com/tetherhq/tether/internal/loopback"
 )
 
 // Load reads the configuration from getenv. Every problem is reported with
@@ -127,23 +129,55 @@ func (r *reader) auth(a *Auth) {
 			r.bad("TETHER_AUTH_AUDIENCE", "required with TETHER_AUTH_ISSUER")
 		}
 	}
-	if a.AuthIssuer == "" && a.AuthHMACSecret == nil {
+	switch {
+	case a.AuthIssuer == "" && a.AuthHMACSecret == nil:
 		r.bad("TETHER_AUTH_HMAC_SECRET", "set it (development) or TETHER_AUTH_ISSUER and TETHER_AUTH_AUDIENCE (production): without one no request can authenticate")
+	case a.AuthIssuer != "" && a.AuthHMACSecret != nil:
+		// An HMAC secret left set in production would mint tokens past the
+		// issuer (any sub, any role).
+		r.bad("TETHER_AUTH_HMAC_SECRET", "refused together with TETHER_AUTH_ISSUER: production tokens come from the issuer only; unset the secret")
 	}
 	a.AuthAdminRole = r.str("TETHER_AUTH_ADMIN_ROLE", a.AuthAdminRole)
 	a.AuthCookie = r.str("TETHER_AUTH_COOKIE", a.AuthCookie)
+	if !validCookieName(a.AuthCookie) {
+		r.bad("TETHER_AUTH_COOKIE", "%q is not a cookie name (letters, digits and !#$%%&'*+-.^_`|~ only)", a.AuthCookie)
+	}
 }
 
 // devMode reads TETHER_DEV_MODE, whose rules span the server and auth parts.
 func (r *reader) devMode(cfg *Config) {
 	on := r.boolean("TETHER_DEV_MODE", false)
-	switch {
-	case on && cfg.PublicURL != nil && cfg.PublicURL.Scheme == "https":
-		r.bad("TETHER_DEV_MODE", "refused with an https TETHER_PUBLIC_URL: dev mode lets anyone sign in as anyone")
-	case on && cfg.AuthHMACSecret == nil:
-		r.bad("TETHER_DEV_MODE", "needs TETHER_AUTH_HMAC_SECRET to sign its cookies")
+	if on {
+		if problem := devModeProblem(cfg); problem != "" {
+			r.bad("TETHER_DEV_MODE", "%s", problem)
+		}
 	}
 	cfg.DevMode = on
+}
+
+// devModeProblem says why dev mode cannot be on with cfg, or "". Dev mode
+// hands out admin cookies to anyone who asks, so it is allowed only where
+// nobody else can ask: a loopback listener, a non-https public URL (never a
+// real deployment) and no production issuer.
+func devModeProblem(cfg *Config) string {
+	switch {
+	case !loopback.Addr(cfg.HTTPAddr):
+		return "refused unless TETHER_HTTP_ADDR is a loopback address (127.0.0.1, [::1] or localhost), got " + strconv.Quote(cfg.HTTPAddr) +
+			": dev mode lets anyone who reaches Tether sign in as anyone, admins included"
+	case cfg.PublicURL != nil && cfg.PublicURL.Scheme == "https":
+		return "refused with an https TETHER_PUBLIC_URL: dev mode lets anyone sign in as anyone"
+	case cfg.AuthHMACSecret == nil:
+		return "needs TETHER_AUTH_HMAC_SECRET to sign its cookies"
+	case cfg.AuthIssuer != "":
+		return "refused with TETHER_AUTH_ISSUER: dev mode is for development, the issuer for production"
+	}
+	return ""
+}
+
+// validCookieName reports whether name can be a cookie's name (an RFC 6265
+// token): net/http silently drops cookies with other names.
+func validCookieName(name string) bool {
+	return name != "" && (&http.Cookie{Name: name, Value: "x"}).Valid() == nil
 }
 
 // reader reads variables and collects every problem.

@@ -78,7 +78,9 @@ func (e *Engine) buildSync() error {
 	}
 	e.Keys = keys
 	e.Metrics = jobs.NewMetrics(e.Registry)
-	oauth := oauthclient.New(e.opts.OAuthTimeout)
+	// Dev mode (loopback only, see config) may talk plain http to any
+	// provider; otherwise only to loopback hosts.
+	oauth := oauthclient.NewWithOptions(oauthclient.Options{Timeout: e.opts.OAuthTimeout, AllowHTTP: cfg.DevMode})
 	if e.Role.works() && cfg.WriteFlushers > 0 {
 		e.batcher = jobs.NewBatcher(e.SpiceDB, e.DB, cfg.WriteFlushers)
 		e.closers = append(e.closers, e.batcher.Close) // runs after River has stopped
@@ -106,7 +108,7 @@ func (e *Engine) buildSync() error {
 		publicURL = &url.URL{Scheme: "http", Host: cfg.HTTPAddr}
 	}
 	e.Service, err = app.NewService(app.ServiceDeps{DB: e.DB, Enqueuer: e.Enqueuer, Keys: keys, OAuth: &app.OAuthConfig{
-		Client: oauth, PublicURL: publicURL, AllowedOrigins: cfg.AllowedOrigins,
+		Client: oauth, PublicURL: publicURL, AllowedOrigins: cfg.AllowedOrigins, AllowHTTP: cfg.DevMode,
 	}})
 	return err
 }
@@ -115,10 +117,11 @@ func (e *Engine) buildSync() error {
 // roles that serve the API; probes and metrics for every role.
 func (e *Engine) buildHTTP() error {
 	cfg := e.Config
-	auth, err := app.NewAuthenticator(e.runCtx, cfg)
+	auth, err := app.NewAuthenticator(e.runCtx, cfg, app.AuthOptions{Logger: e.Logger})
 	if err != nil {
 		return err
 	}
+	e.closers = append(e.closers, auth.Close)
 	deps := app.ServerDeps{
 		Service: e.Service, Auth: auth, Logger: e.Logger, SpiceDB: e.SpiceDB, Cookie: cfg.AuthCookie, Registry: e.Registry,
 		API: e.Role.servesAPI(),

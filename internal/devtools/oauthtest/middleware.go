@@ -44,6 +44,7 @@ func (p *Provider) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Method == http.MethodPost && r.URL.Path == tokenPath:
+			p.observeClientAuth(r)
 			// ParseForm is idempotent: the OP reads the parsed form.
 			_ = r.ParseForm()
 			p.mu.Lock()
@@ -56,11 +57,13 @@ func (p *Provider) middleware(next http.Handler) http.Handler {
 					return
 				}
 			}
+			p.waitHold()
 			if p.down.Load() {
 				unavailable(w)
 				return
 			}
 		case r.Method == http.MethodPost && r.URL.Path == revokePath:
+			p.observeClientAuth(r)
 			p.mu.Lock()
 			p.revokes++
 			p.mu.Unlock()

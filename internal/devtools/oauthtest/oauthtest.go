@@ -91,6 +91,9 @@ type Options struct {
 	// Users replaces the example's two users (test-user@localhost and
 	// test-user2, both with password "verysecure").
 	Users []User
+	// IssParameter makes the OP identify itself in authorization
+	// responses (RFC 9207; see rfc9207).
+	IssParameter bool
 }
 
 // Provider is a running OP. Its exported fields must not be modified.
@@ -114,8 +117,11 @@ type Provider struct {
 	// without its lock, a data race with any concurrent token request.
 	exclusive sync.RWMutex
 
-	down       atomic.Bool
-	tokenDelay atomic.Int64 // time.Duration
+	down          atomic.Bool
+	tokenDelay    atomic.Int64 // time.Duration
+	hold          atomic.Pointer[chan struct{}]
+	held          atomic.Int64
+	secretsInBody atomic.Int64
 
 	mu            sync.Mutex
 	tokenRequests map[string]int // by grant_type
@@ -158,7 +164,11 @@ func Start(ctx context.Context, opts Options) (*Provider, error) {
 		served:        make(chan struct{}),
 		tokenRequests: map[string]int{},
 	}
-	p.srv = &http.Server{Handler: p.middleware(router), ReadHeaderTimeout: 10 * time.Second}
+	var handler http.Handler = router
+	if opts.IssParameter {
+		handler = p.rfc9207(handler)
+	}
+	p.srv = &http.Server{Handler: p.middleware(handler), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		defer close(p.served)
 		_ = p.srv.Serve(ln)
