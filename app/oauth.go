@@ -218,41 +218,48 @@ func (s *Service) Authorize(ctx context.Context, user *User, providerID, nextURL
 	}
 	expiresAt := time.Now().Add(s.OAuth.stateTTL())
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
-		// One user's authorizations one at a time, so the cap holds.
-		if err := queries.StateLockUser(ctx, tx, user.ID); err != nil {
-			return fmt.Errorf("error locking the user's states: %w", err)
-		}
-		if _, err := queries.StateDeleteExpired(ctx, tx); err != nil {
-			return fmt.Errorf("error pruning expired states: %w", err)
-		}
-		if err := queries.StateInsert(ctx, tx, &dbsqlc.StateInsertParams{
+		return s.storeState(ctx, tx, user, providerID, &dbsqlc.StateInsertParams{
 			StateHash: hashToken(state), UserID: user.ID, ProviderID: providerID, BrowserHash: hashToken(browserBinding),
 			CodeVerifierEnc: verifierEnc, NextUrl: next, ExpiresAt: expiresAt,
-		}); err != nil {
-			if isForeignKeyViolation(err) {
-				return Errorf(ENOTFOUND, "No such provider.")
-			}
-			return fmt.Errorf("error storing state: %w", err)
-		}
-		if _, err := queries.StateTrimForUser(ctx, tx, &dbsqlc.StateTrimForUserParams{UserID: user.ID, Keep: MaxStatesPerUser}); err != nil {
-			return fmt.Errorf("error dropping the oldest states: %w", err)
-		}
-		if from == InitiatorOtherSite {
-			return nil
-		}
-		// A new connection starts pending; an existing one keeps its status
-		// (and its access) until this authorization completes.
-		if _, err := queries.ConnectionInsertPending(ctx, tx, &dbsqlc.ConnectionInsertPendingParams{
-			UserID: user.ID, ProviderID: providerID, AuthorizingUntil: &expiresAt,
-		}); err != nil {
-			return fmt.Errorf("error recording pending connection: %w", err)
-		}
-		return nil
+		}, from)
 	})
 	if err != nil {
 		return nil, err
 	}
 	return &Authorization{RedirectURL: cfg.AuthCodeURL(state, opts...), BrowserBinding: browserBinding}, nil
+}
+
+// storeState stores a state, keeping the user's at most
+// MaxStatesPerUser, and (unless another site started it) marks the
+// connection pending.
+func (s *Service) storeState(ctx context.Context, tx pgx.Tx, user *User, providerID string, st *dbsqlc.StateInsertParams, from Initiator) error {
+	// One user's authorizations one at a time, so the cap holds.
+	if err := queries.StateLockUser(ctx, tx, user.ID); err != nil {
+		return fmt.Errorf("error locking the user's states: %w", err)
+	}
+	if _, err := queries.StateDeleteExpired(ctx, tx); err != nil {
+		return fmt.Errorf("error pruning expired states: %w", err)
+	}
+	if err := queries.StateInsert(ctx, tx, st); err != nil {
+		if isForeignKeyViolation(err) {
+			return Errorf(ENOTFOUND, "No such provider.")
+		}
+		return fmt.Errorf("error storing state: %w", err)
+	}
+	if _, err := queries.StateTrimForUser(ctx, tx, &dbsqlc.StateTrimForUserParams{UserID: user.ID, Keep: MaxStatesPerUser}); err != nil {
+		return fmt.Errorf("error dropping the oldest states: %w", err)
+	}
+	if from == InitiatorOtherSite {
+		return nil
+	}
+	// A new connection starts pending; an existing one keeps its status
+	// (and its access) until this authorization completes.
+	if _, err := queries.ConnectionInsertPending(ctx, tx, &dbsqlc.ConnectionInsertPendingParams{
+		UserID: user.ID, ProviderID: providerID, AuthorizingUntil: &st.ExpiresAt,
+	}); err != nil {
+		return fmt.Errorf("error recording pending connection: %w", err)
+	}
+	return nil
 }
 
 // CallbackResult says where the browser goes after the callback.

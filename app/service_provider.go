@@ -13,6 +13,29 @@ import (
 )
 
 func (s *Service) providerParams(in *ProviderInput, cur *dbsqlc.Oauth2Provider) (*dbsqlc.ProviderInsertParams, error) {
+	p := mergeProvider(in, cur)
+	if err := s.validateProvider(p); err != nil {
+		return nil, err
+	}
+	if in.ClientSecret != nil {
+		if err := checkText("client_secret", *in.ClientSecret, 0, 2000); err != nil {
+			return nil, err
+		}
+		p.ClientSecretEnc = nil
+		if *in.ClientSecret != "" {
+			enc, err := s.Keys.Encrypt([]byte(*in.ClientSecret), keyring.ClientSecretAAD(p.ID))
+			if err != nil {
+				return nil, err
+			}
+			p.ClientSecretEnc = enc
+		}
+	}
+	return p, nil
+}
+
+// mergeProvider lays the fields given over the current row (PATCH) or the
+// defaults (POST).
+func mergeProvider(in *ProviderInput, cur *dbsqlc.Oauth2Provider) *dbsqlc.ProviderInsertParams {
 	p := &dbsqlc.ProviderInsertParams{UsePkce: true}
 	if cur != nil {
 		p = &dbsqlc.ProviderInsertParams{
@@ -41,61 +64,51 @@ func (s *Service) providerParams(in *ProviderInput, cur *dbsqlc.Oauth2Provider) 
 	if in.UsePKCE != nil {
 		p.UsePkce = *in.UsePKCE
 	}
+	return p
+}
 
+// validateProvider checks a provider as it would be stored.
+func (s *Service) validateProvider(p *dbsqlc.ProviderInsertParams) error {
 	if !slugPattern.MatchString(p.ID) {
-		return nil, Errorf(EINVALID, "id must be a slug: lower-case letters, digits, - and _, at most 63 characters, starting with a letter or digit")
+		return Errorf(EINVALID, "id must be a slug: lower-case letters, digits, - and _, at most 63 characters, starting with a letter or digit")
 	}
 	if !slices.Contains(oauthclient.Kinds, oauthclient.Kind(p.Kind)) {
-		return nil, Errorf(EINVALID, "kind must be one of gitlab, github, generic_oauth2, generic_oidc")
+		return Errorf(EINVALID, "kind must be one of gitlab, github, generic_oauth2, generic_oidc")
 	}
-	if err := checkText("display_name", p.DisplayName, 1, 200); err != nil {
-		return nil, err
-	}
-	if err := checkText("client_id", p.ClientID, 1, 500); err != nil {
-		return nil, err
-	}
-	if err := checkText("scope", p.Scope, 0, 1000); err != nil {
-		return nil, err
+	for _, f := range []struct {
+		name, value    string
+		minLen, maxLen int
+	}{{"display_name", p.DisplayName, 1, 200}, {"client_id", p.ClientID, 1, 500}, {"scope", p.Scope, 0, 1000}} {
+		if err := checkText(f.name, f.value, f.minLen, f.maxLen); err != nil {
+			return err
+		}
 	}
 	for _, f := range []struct{ name, value string }{
 		{"url", p.Url}, {"authorization_url", p.AuthorizationUrl}, {"token_url", p.TokenUrl},
 		{"revocation_url", p.RevocationUrl}, {"issuer_url", p.IssuerUrl},
 	} {
 		if err := checkURL(f.name, f.value); err != nil {
-			return nil, err
+			return err
 		}
 		if err := s.checkURLSecure(f.name, f.value); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	switch oauthclient.Kind(p.Kind) {
 	case oauthclient.KindGitLab:
 		if p.Url == "" {
-			return nil, Errorf(EINVALID, "url is required for kind gitlab (the GitLab instance, e.g. https://gitlab.com)")
+			return Errorf(EINVALID, "url is required for kind gitlab (the GitLab instance, e.g. https://gitlab.com)")
 		}
 	case oauthclient.KindGenericOAuth2:
 		if p.AuthorizationUrl == "" || p.TokenUrl == "" {
-			return nil, Errorf(EINVALID, "authorization_url and token_url are required for kind generic_oauth2")
+			return Errorf(EINVALID, "authorization_url and token_url are required for kind generic_oauth2")
 		}
 	case oauthclient.KindGenericOIDC:
 		if p.IssuerUrl == "" {
-			return nil, Errorf(EINVALID, "issuer_url is required for kind generic_oidc")
+			return Errorf(EINVALID, "issuer_url is required for kind generic_oidc")
 		}
 	}
-	if in.ClientSecret != nil {
-		if err := checkText("client_secret", *in.ClientSecret, 0, 2000); err != nil {
-			return nil, err
-		}
-		p.ClientSecretEnc = nil
-		if *in.ClientSecret != "" {
-			enc, err := s.Keys.Encrypt([]byte(*in.ClientSecret), keyring.ClientSecretAAD(p.ID))
-			if err != nil {
-				return nil, err
-			}
-			p.ClientSecretEnc = enc
-		}
-	}
-	return p, nil
+	return nil
 }
 
 // ProviderCreate creates a provider.

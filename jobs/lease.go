@@ -42,7 +42,7 @@ var ErrWorkerLeaseLost = errors.New("worker lease lost")
 // with now() + TTL, so its view always ends first; attempted_at and
 // reclaimed_through are both Postgres timestamps.
 type workerLease struct {
-	db       *pgxpool.Pool // set by StartClient: a pool of its own
+	db       *pgxpool.Pool // set when the client starts: a pool of its own
 	clientID string
 	host     string
 	pid      int
@@ -143,7 +143,7 @@ func (l *workerLease) writeContext(ctx context.Context, attemptedAt time.Time) (
 	l.mu.Unlock()
 	switch {
 	case until.IsZero():
-		return nil, nil, fmt.Errorf("%w: never taken (start River with jobs.StartClient)", ErrWorkerLeaseLost)
+		return nil, nil, fmt.Errorf("%w: never taken (start River with the start function NewClient returns)", ErrWorkerLeaseLost)
 	case !attemptedAt.After(through):
 		return nil, nil, fmt.Errorf("%w: the job was taken over by another worker", ErrWorkerLeaseLost)
 	case !time.Now().Before(until):

@@ -197,26 +197,11 @@ type workerRuntime struct {
 	reclaimer *reclaimer
 }
 
-// unstarted holds the runtime of each working client between NewClient and
-// StartClient.
-var unstarted sync.Map // *river.Client[pgx.Tx] → *workerRuntime
-
-// StartClient starts a River client made by NewClient. A client that works
-// jobs first takes its process's worker lease (so that no job is fetched
-// before the others could take it over), then, until River has stopped,
-// renews the lease and takes over the jobs of dead workers.
-func StartClient(ctx context.Context, client *river.Client[pgx.Tx]) error {
-	v, ok := unstarted.LoadAndDelete(client)
-	if !ok {
-		if err := client.Start(ctx); err != nil {
-			return fmt.Errorf("error starting River: %w", err)
-		}
-		return nil
-	}
-	w := v.(*workerRuntime)
-	if err := w.start(ctx, client); err != nil {
-		unstarted.Store(client, w)
-		return err
+// startInsertOnly starts a client that only inserts (it takes no lease:
+// it never holds a job).
+func startInsertOnly(ctx context.Context, client *river.Client[pgx.Tx]) error {
+	if err := client.Start(ctx); err != nil {
+		return fmt.Errorf("error starting River: %w", err)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -56,27 +57,22 @@ func DefaultClientConfig() ClientConfig {
 
 // NewClient builds the River client with every Tether worker registered (a
 // leader must know every kind, or it discards their stuck jobs). Start it
-// with StartClient: a client that works jobs runs a worker lease beside it.
-func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (*river.Client[pgx.Tx], *Enqueuer, error) {
+// with start, never client.Start: a client that works jobs takes its
+// process's worker lease first and runs the lease and the reclaimer beside
+// it.
+func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (client *river.Client[pgx.Tx], enqueuer *Enqueuer, start func(context.Context) error, err error) {
 	if db == nil || syncer == nil {
-		return nil, nil, errors.New("jobs.NewClient: missing pool or syncer")
+		return nil, nil, nil, errors.New("jobs.NewClient: missing pool or syncer")
 	}
 	if cfg.RescueStuckJobsAfter <= cfg.JobTimeout {
-		return nil, nil, fmt.Errorf("rescue time %s must exceed the job timeout %s, or running jobs are rescued while they run",
+		return nil, nil, nil, fmt.Errorf("rescue time %s must exceed the job timeout %s, or running jobs are rescued while they run",
 			cfg.RescueStuckJobsAfter, cfg.JobTimeout)
 	}
 	if cfg.WorkerLeaseTTL < 0 {
-		return nil, nil, fmt.Errorf("worker lease TTL %s must not be negative", cfg.WorkerLeaseTTL)
+		return nil, nil, nil, fmt.Errorf("worker lease TTL %s must not be negative", cfg.WorkerLeaseTTL)
 	}
-	enqueuer := &Enqueuer{}
-	workers := river.NewWorkers()
-	river.AddWorker(workers, &ConnectionWorker{Syncer: syncer})
-	river.AddWorker(workers, &PoolWorker{Syncer: syncer})
-	river.AddWorker(workers, &RevokeWorker{Syncer: syncer})
-	reconciler := &Reconciler{Syncer: syncer, Enqueuer: enqueuer}
-	river.AddWorker(workers, &ReconcileWorker{Reconciler: reconciler})
-	river.AddWorker(workers, &ExpireWorker{Syncer: syncer})
-
+	enqueuer = &Enqueuer{}
+	workers := registerWorkers(syncer, enqueuer)
 	rc := &river.Config{
 		FetchCooldown:        cfg.FetchCooldown,
 		FetchPollInterval:    cfg.FetchPollInterval,
@@ -108,16 +104,29 @@ func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (*river.Clien
 			&river.PeriodicJobOpts{ID: "tether.expire_authorizations"},
 		))
 	}
-	client, err := river.NewClient(riverpgxv5.New(db), rc)
+	client, err = river.NewClient(riverpgxv5.New(db), rc)
 	if err != nil {
-		return nil, nil, fmt.Errorf("error creating River client: %w", err)
+		return nil, nil, nil, fmt.Errorf("error creating River client: %w", err)
 	}
 	enqueuer.River = client
+	start = func(ctx context.Context) error { return startInsertOnly(ctx, client) }
 	if lease != nil {
-		unstarted.Store(client, &workerRuntime{jobsDB: db, lease: lease,
-			reclaimer: &reclaimer{river: client, logger: orDiscard(syncer.Logger), metrics: syncer.Metrics}})
+		w := &workerRuntime{jobsDB: db, lease: lease,
+			reclaimer: &reclaimer{river: client, logger: orDiscard(syncer.Logger), metrics: syncer.Metrics}}
+		start = func(ctx context.Context) error { return w.start(ctx, client) }
 	}
-	return client, enqueuer, nil
+	return client, enqueuer, start, nil
+}
+
+// registerWorkers registers every kind Tether works.
+func registerWorkers(syncer *Syncer, enqueuer *Enqueuer) *river.Workers {
+	workers := river.NewWorkers()
+	river.AddWorker(workers, &ConnectionWorker{Syncer: syncer})
+	river.AddWorker(workers, &PoolWorker{Syncer: syncer})
+	river.AddWorker(workers, &RevokeWorker{Syncer: syncer})
+	river.AddWorker(workers, &ReconcileWorker{Reconciler: &Reconciler{Syncer: syncer, Enqueuer: enqueuer}})
+	river.AddWorker(workers, &ExpireWorker{Syncer: syncer})
+	return workers
 }
 
 func orDiscard(logger *slog.Logger) *slog.Logger {

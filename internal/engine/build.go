@@ -99,7 +99,7 @@ func (e *Engine) buildSync() error {
 	if e.opts.Client != nil {
 		e.opts.Client(&clientCfg)
 	}
-	if e.River, e.Enqueuer, err = jobs.NewClient(e.DB, e.Syncer, clientCfg); err != nil {
+	if e.River, e.Enqueuer, e.startRiver, err = jobs.NewClient(e.DB, e.Syncer, clientCfg); err != nil {
 		return err
 	}
 	e.Reconciler = jobs.NewReconciler(e.Syncer, e.Enqueuer)

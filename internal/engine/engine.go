@@ -109,17 +109,19 @@ type Engine struct {
 	Reconciler *jobs.Reconciler
 	Server     *app.Server
 
-	opts      Options
-	batcher   *jobs.Batcher
-	riverUI   starter
-	runCtx    context.Context
-	runCancel context.CancelFunc
-	http      *http.Server
-	httpErr   chan error
-	addr      net.Addr
-	closers   []func()
-	stopOnce  sync.Once
-	stopErr   error
+	opts Options
+	// startRiver starts River with what a working client runs beside it.
+	startRiver func(context.Context) error
+	batcher    *jobs.Batcher
+	riverUI    starter
+	runCtx     context.Context
+	runCancel  context.CancelFunc
+	http       *http.Server
+	httpErr    chan error
+	addr       net.Addr
+	closers    []func()
+	stopOnce   sync.Once
+	stopErr    error
 }
 
 type starter interface{ Start(context.Context) error }
@@ -175,7 +177,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	if e.Role.works() {
 		// With the process's worker lease (jobs of a dead worker are taken
 		// over when it expires).
-		if err := jobs.StartClient(e.runCtx, e.River); err != nil {
+		if err := e.startRiver(e.runCtx); err != nil {
 			return err
 		}
 	}

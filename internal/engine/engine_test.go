@@ -126,7 +126,7 @@ func TestPartsRefuseMissingDependencies(t *testing.T) {
 	t.Parallel()
 	_, err := jobs.NewSyncer(jobs.SyncerDeps{})
 	require.EqualError(t, err, "jobs.NewSyncer: missing DB, Keys, Logger, MaxBackoff, Metrics, OAuth, SpiceDB")
-	_, _, err = jobs.NewClient(nil, nil, jobs.DefaultClientConfig())
+	_, _, _, err = jobs.NewClient(nil, nil, jobs.DefaultClientConfig())
 	require.EqualError(t, err, "jobs.NewClient: missing pool or syncer")
 	_, err = app.NewService(app.ServiceDeps{})
 	require.EqualError(t, err, "app.NewService: missing DB")
