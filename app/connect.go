@@ -44,7 +44,7 @@ var errStateExpired = Errorf(EINVALID, "The authorization took too long and expi
 // connected one stops waiting and keeps its access. Neither changes what
 // SpiceDB should hold (only connected rows grant), so no job is needed.
 func (s *Service) endAuthorization(ctx context.Context, userID, providerID string) error {
-	return s.inTx(ctx, func(tx pgx.Tx) error {
+	return s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		if _, err := queries.ConnectionDeletePending(ctx, tx, &dbsqlc.ConnectionDeletePendingParams{UserID: userID, ProviderID: providerID}); err != nil {
 			return fmt.Errorf("error ending pending connection: %w", err)
 		}

@@ -11,6 +11,8 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
@@ -49,6 +51,8 @@ type ServerDeps struct {
 	UI  UIConfig
 	// RiverUI, if set, is mounted at /riverui/ for admins.
 	RiverUI http.Handler
+	// Tracer, if set, traces every request but the probes and /metrics.
+	Tracer trace.TracerProvider
 }
 
 // NewServer wires every route in one place, so the surface can be audited
@@ -59,6 +63,9 @@ func NewServer(d ServerDeps) *Server {
 	s := &Server{Echo: e, service: d.Service, auth: d.Auth, logger: d.Logger, spicedb: d.SpiceDB, cookie: d.Cookie, gatherer: d.Registry, api: d.API}
 	s.registerMetrics(d.Registry)
 	e.HTTPErrorHandler = s.handleError
+	if d.Tracer != nil {
+		e.Use(traceRequests(d.Tracer))
+	}
 	e.Use(middleware.RequestIDWithConfig(middleware.RequestIDConfig{}))
 	e.Use(s.observe)
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // UserFrom returns the authenticated user of a request.
@@ -68,10 +69,13 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		} else if status >= 400 && !probe {
 			level = slog.LevelInfo
 		}
-		s.logger.Log(c.Request().Context(), level, "request",
-			"method", method, "route", route, "status", status,
-			"duration_ms", float64(time.Since(start).Microseconds())/1000,
-			"request_id", c.Response().Header().Get(echo.HeaderXRequestID))
+		attrs := []any{"method", method, "route", route, "status", status,
+			"duration_ms", float64(time.Since(start).Microseconds()) / 1000,
+			"request_id", c.Response().Header().Get(echo.HeaderXRequestID)}
+		if sc := trace.SpanContextFromContext(c.Request().Context()); sc.IsValid() {
+			attrs = append(attrs, "trace_id", sc.TraceID().String()) // find the request's trace from its log line
+		}
+		s.logger.Log(c.Request().Context(), level, "request", attrs...)
 		return nil
 	}
 }

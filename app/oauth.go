@@ -217,7 +217,7 @@ func (s *Service) Authorize(ctx context.Context, user *User, providerID, nextURL
 		}
 	}
 	expiresAt := time.Now().Add(s.OAuth.stateTTL())
-	err = s.inTx(ctx, func(tx pgx.Tx) error {
+	err = s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		return s.storeState(ctx, tx, user, providerID, &dbsqlc.StateInsertParams{
 			StateHash: hashToken(state), UserID: user.ID, ProviderID: providerID, BrowserHash: hashToken(browserBinding),
 			CodeVerifierEnc: verifierEnc, NextUrl: next, ExpiresAt: expiresAt,

@@ -116,7 +116,7 @@ func (s *Service) consumeState(ctx context.Context, user *User, browserBinding, 
 		return nil, err
 	}
 	var st *dbsqlc.Oauth2State
-	err = s.inTx(ctx, func(tx pgx.Tx) error {
+	err = s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		var err error
 		st, err = queries.StateConsume(ctx, tx, stateHash)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -162,7 +162,7 @@ func (s *Service) exchange(ctx context.Context, st *dbsqlc.Oauth2State, provider
 // replace (a re-authorization) is revoked at the provider through the
 // outbox.
 func (s *Service) storeAuthorization(ctx context.Context, user *User, providerID string, tok *oauth2.Token, identity oauthclient.Identity) error {
-	return s.inTx(ctx, func(tx pgx.Tx) error {
+	return s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		replaced, err := s.replacedToken(ctx, tx, user.ID, providerID, tok)
 		if err != nil {
 			return err

@@ -251,7 +251,7 @@ func refreshFailure(err error) error {
 }
 
 func (s *Service) markBroken(ctx context.Context, row *dbsqlc.Oauth2Connection, leaseID uuid.UUID) error {
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
+	err := s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		broken, err := queries.ConnectionMarkBrokenIfLeased(ctx, tx, &dbsqlc.ConnectionMarkBrokenIfLeasedParams{ID: row.ID, LeaseID: &leaseID})
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errRefreshRace // re-authorized meanwhile: that grant is a new one
@@ -280,7 +280,7 @@ func (s *Service) storeRefreshed(ctx context.Context, row *dbsqlc.Oauth2Connecti
 		expires = &fresh.Expiry
 	}
 	var stored bool
-	err = s.inTx(ctx, func(tx pgx.Tx) error {
+	err = s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		n, err := queries.ConnectionStoreRefreshed(ctx, tx, &dbsqlc.ConnectionStoreRefreshedParams{
 			ID: row.ID, TokenEnc: enc, TokenExpiresAt: expires, LeaseID: &leaseID,
 		})

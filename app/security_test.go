@@ -19,10 +19,12 @@ import (
 // After a full run — connect, token, refresh, a failed and a refused
 // request, disconnect with revocation at the provider — no secret appears in
 // the logs, in any job (args, errors, metadata), in River UI's API, in
-// /metrics, or in any error body.
+// /metrics, in any error body, or in any span (names, attributes, events,
+// links, statuses, resource).
 func TestSecretsNeverLeak(t *testing.T) {
 	t.Parallel()
-	b := setupOAuth(t)
+	spans := testenv.NewSpanRecorder(t)
+	b := setupServer(t, testenv.TetherOpts{TracerProvider: spans})
 	ctx := context.Background()
 	alice := b.browser(t, "alice")
 	authURL := b.authorize(t, alice, "/ui/")
@@ -73,9 +75,15 @@ func TestSecretsNeverLeak(t *testing.T) {
 	var jobRows string
 	require.NoError(t, b.tt.DB.QueryRow(ctx, "SELECT string_agg(row_to_json(j)::text, ' ') FROM river_job j").Scan(&jobRows))
 	_, metrics := b.bearerGet(t, "/metrics", "")
-	surfaces = append(surfaces, jobRows, metrics, b.logs.String())
+	b.tt.WaitSynced(t, 15*time.Second)
+	spanText := spans.Text()
+	surfaces = append(surfaces, jobRows, metrics, b.logs.String(), spanText)
 	surfaces = append(surfaces, bodies...)
 	require.Contains(t, jobRows, "tether.revoke_token", "the revocation job ran and is inspected")
+	for _, span := range []string{`"GET /api/data/oauth2/callback"`, `"GET /api/data/oauth2/connections/:connection_id/token"`,
+		`"river.work/tether.revoke_token" status=Error`, `"authzed.api.v1.PermissionsService/WriteRelationships"`, `"ConnectionSetToken"`} {
+		require.Contains(t, spanText, span, "the run was traced and its spans are inspected")
+	}
 
 	secrets := map[string]string{
 		"access token": tok.AccessToken, "refreshed access token": refreshed.AccessToken, "refresh token": refresh,

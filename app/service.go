@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tetherhq/tether/db/dbsqlc"
 	"github.com/tetherhq/tether/internal/keyring"
@@ -27,15 +28,18 @@ type Service struct {
 	Enqueuer *jobs.Enqueuer
 	Keys     *keyring.Ring
 	OAuth    *OAuthConfig
+	tracer   trace.Tracer // nil: tracing is off
 }
 
 // ServiceDeps are what a Service is built from; all are required but
-// Enqueuer and OAuth, which only commands that change state need.
+// Enqueuer and OAuth, which only commands that change state need, and
+// Tracer, which traces each transaction when set.
 type ServiceDeps struct {
 	DB       *pgxpool.Pool
 	Enqueuer *jobs.Enqueuer
 	Keys     *keyring.Ring
 	OAuth    *OAuthConfig
+	Tracer   trace.TracerProvider
 }
 
 // NewService refuses missing parts instead of failing on a nil field later.
@@ -50,7 +54,11 @@ func NewService(d ServiceDeps) (*Service, error) {
 	case d.OAuth == nil || d.OAuth.Client == nil || d.OAuth.PublicURL == nil:
 		return nil, errors.New("app.NewService: missing OAuth client or public URL")
 	}
-	return &Service{DB: d.DB, Enqueuer: d.Enqueuer, Keys: d.Keys, OAuth: d.OAuth}, nil
+	s := &Service{DB: d.DB, Enqueuer: d.Enqueuer, Keys: d.Keys, OAuth: d.OAuth}
+	if d.Tracer != nil {
+		s.tracer = d.Tracer.Tracer(tracerName)
+	}
+	return s, nil
 }
 
 // queries are the sqlc queries; every method passes its transaction or the pool.
@@ -59,13 +67,17 @@ var queries = dbsqlc.New()
 // Ping reports whether Postgres answers (readiness).
 func (s *Service) Ping(ctx context.Context) error { return s.DB.Ping(ctx) }
 
-func (s *Service) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+// inTx runs fn in one transaction. fn gets the transaction's context (its
+// trace span) and must use it rather than the caller's.
+func (s *Service) inTx(ctx context.Context, fn func(ctx context.Context, tx pgx.Tx) error) (err error) {
+	ctx, endSpan := s.traceTx(ctx)
+	defer func() { endSpan(err) }()
 	tx, err := s.DB.Begin(ctx)
 	if err != nil {
 		return unavailable(fmt.Errorf("error beginning transaction: %w", err))
 	}
 	defer tx.Rollback(ctx)
-	if err := fn(tx); err != nil {
+	if err := fn(ctx, tx); err != nil {
 		return unavailable(err)
 	}
 	if err := tx.Commit(ctx); err != nil {

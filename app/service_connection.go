@@ -38,7 +38,7 @@ func (s *Service) ConnectionGet(ctx context.Context, user *User, id uuid.UUID) (
 // handed (encrypted) to a River job that revokes it there: the provider being
 // down never blocks the user.
 func (s *Service) ConnectionDelete(ctx context.Context, user *User, id uuid.UUID) error {
-	return s.inTx(ctx, func(tx pgx.Tx) error {
+	return s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		row, err := queries.ConnectionDeleteForUser(ctx, tx, &dbsqlc.ConnectionDeleteForUserParams{ID: id, UserID: user.ID})
 		if err != nil {
 			return notFound(err, "connection")
@@ -66,7 +66,7 @@ func (s *Service) ConnectionSetStatus(ctx context.Context, userID, providerID st
 		return nil, Errorf(EINVALID, "unknown status %q", status)
 	}
 	var out *Connection
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
+	err := s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		row, err := queries.ConnectionUpsertStatus(ctx, tx, &dbsqlc.ConnectionUpsertStatusParams{UserID: userID, ProviderID: providerID, Status: string(status)})
 		if err != nil {
 			if isForeignKeyViolation(err) {

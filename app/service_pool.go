@@ -36,7 +36,7 @@ func (s *Service) PoolCreate(ctx context.Context, in *PoolInput) (*Pool, error) 
 		return nil, err
 	}
 	var out *Pool
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
+	err := s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		if err := s.checkRemote(ctx, tx, in.Remote.Value); err != nil {
 			return err
 		}
@@ -136,7 +136,7 @@ func (s *Service) PoolGet(ctx context.Context, user *User, id int64) (*Pool, err
 // with it.
 func (s *Service) PoolUpdate(ctx context.Context, id int64, in *PoolInput) (*Pool, error) {
 	var out *Pool
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
+	err := s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		cur, err := queries.PoolGetByIDForUpdate(ctx, tx, id)
 		if err != nil {
 			return notFound(err, "resource pool")
@@ -184,7 +184,7 @@ func (s *Service) PoolUpdate(ctx context.Context, id int64, in *PoolInput) (*Poo
 
 // PoolDelete deletes a pool and, through the outbox, all its relationships.
 func (s *Service) PoolDelete(ctx context.Context, id int64) error {
-	return s.inTx(ctx, func(tx pgx.Tx) error {
+	return s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		n, err := queries.PoolDelete(ctx, tx, id)
 		if err != nil {
 			return fmt.Errorf("error deleting pool: %w", err)
@@ -223,7 +223,7 @@ func (s *Service) PoolViewerAdd(ctx context.Context, poolID int64, viewers []Poo
 		}
 	}
 	var out []PoolViewer
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
+	err := s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		if _, err := queries.PoolGetByIDForUpdate(ctx, tx, poolID); err != nil {
 			return notFound(err, "resource pool")
 		}
@@ -246,7 +246,7 @@ func (s *Service) PoolViewerAdd(ctx context.Context, poolID int64, viewers []Poo
 
 // PoolViewerRemove revokes a manual grant.
 func (s *Service) PoolViewerRemove(ctx context.Context, poolID int64, userID string) error {
-	return s.inTx(ctx, func(tx pgx.Tx) error {
+	return s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		if _, err := queries.PoolGetByIDForUpdate(ctx, tx, poolID); err != nil {
 			return notFound(err, "resource pool")
 		}

@@ -118,7 +118,7 @@ func (s *Service) ProviderCreate(ctx context.Context, in *ProviderInput) (*Provi
 		return nil, err
 	}
 	var out *Provider
-	err = s.inTx(ctx, func(tx pgx.Tx) error {
+	err = s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		row, err := queries.ProviderInsert(ctx, tx, params)
 		if err != nil {
 			if isUniqueViolation(err) {
@@ -160,7 +160,7 @@ func (s *Service) ProviderUpdate(ctx context.Context, id string, in *ProviderInp
 		return nil, Errorf(EINVALID, "id cannot be changed")
 	}
 	var out *Provider
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
+	err := s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		cur, err := queries.ProviderGetByIDForUpdate(ctx, tx, id)
 		if err != nil {
 			return notFound(err, "provider")
@@ -195,7 +195,7 @@ func (s *Service) ProviderUpdate(ctx context.Context, id string, in *ProviderInp
 // their access and their tokens at the provider are revoked through the
 // outbox (the revocations outlive the provider's row).
 func (s *Service) ProviderDelete(ctx context.Context, id string) error {
-	return s.inTx(ctx, func(tx pgx.Tx) error {
+	return s.inTx(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		provider, err := queries.ProviderGetByIDForUpdate(ctx, tx, id)
 		if err != nil {
 			return notFound(err, "provider")

@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tetherhq/tether/db/dbsqlc"
 	"github.com/tetherhq/tether/jobs/spicedb"
@@ -30,6 +33,7 @@ import (
 // row locks deadlock-free.
 type Batcher struct {
 	spice  *spicedb.Client
+	tracer trace.Tracer // nil: tracing is off
 	db     *pgxpool.Pool
 	queue  chan *batchRequest
 	stop   chan struct{}
@@ -58,15 +62,23 @@ type applyResult struct {
 	fenced    bool
 	writeErr  error // the SpiceDB write failed: nothing was fenced
 	fenceErr  error // the write landed but recording it failed
+	// batchSpan is the span of the shared write, which the job's trace
+	// links to (invalid when tracing is off or the job wrote alone).
+	batchSpan trace.SpanContext
 }
 
 // NewBatcher starts flushers goroutines writing through spice and fencing
-// in db. Close it.
-func NewBatcher(spice *spicedb.Client, db *pgxpool.Pool, flushers int) *Batcher {
+// in db. tp, if not nil, traces each shared write: a span of its own trace
+// (it belongs to no single job) that links to every job it carries, while
+// each job's trace gets a span that links back to it. Close it.
+func NewBatcher(spice *spicedb.Client, db *pgxpool.Pool, flushers int, tp trace.TracerProvider) *Batcher {
 	b := &Batcher{spice: spice, db: db, queue: make(chan *batchRequest, 4096), stop: make(chan struct{}), closed: make(chan struct{})}
 	for range max(flushers, 1) {
 		b.wg.Add(1)
 		go b.flush()
+	}
+	if tp != nil {
+		b.tracer = tp.Tracer("github.com/tetherhq/tether/jobs")
 	}
 	return b
 }
@@ -80,10 +92,20 @@ func (b *Batcher) Close() {
 
 // Apply writes key's updates as part of some batch and fences key. Writes
 // too large to share a call go out alone.
-func (b *Batcher) Apply(ctx context.Context, key keyAt, updates []spicedb.Update) applyResult {
+func (b *Batcher) Apply(ctx context.Context, key keyAt, updates []spicedb.Update) (res applyResult) {
 	updates = spicedb.NormalizeUpdates(updates)
 	if len(updates) == 0 || len(updates) > spicedb.MaxUpdatesPerWrite/4 {
 		return applyAlone(ctx, b.spice, b.db, key, updates)
+	}
+	if b.tracer != nil {
+		var span trace.Span
+		ctx, span = b.tracer.Start(ctx, "tether.apply_batched", trace.WithAttributes(attribute.Int("tether.updates", len(updates))))
+		defer func() {
+			if res.batchSpan.IsValid() {
+				span.AddLink(trace.Link{SpanContext: res.batchSpan})
+			}
+			span.End()
+		}()
 	}
 	req := &batchRequest{ctx: ctx, key: key, updates: updates, done: make(chan applyResult, 1)}
 	select {
@@ -188,7 +210,9 @@ func (b *Batcher) write(batch []*batchRequest) {
 		return
 	}
 	timeout := writeTimeout(live)
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	traced, span := b.startBatchSpan(live, len(all))
+	defer span.End()
+	ctx, cancel := context.WithTimeout(traced, timeout)
 	defer cancel()
 	// Any job giving up (timeout, shutdown) cancels the call it shares: its
 	// Write waits for this call, and must return promptly.
@@ -198,9 +222,10 @@ func (b *Batcher) write(batch []*batchRequest) {
 	}
 	started := time.Now()
 	token, err := b.spice.Write(ctx, all)
-	res := applyResult{token: token, writtenAt: time.Now(), writeErr: err}
+	res := applyResult{token: token, writtenAt: time.Now(), writeErr: err, batchSpan: span.SpanContext()}
 	res.writeTook = res.writtenAt.Sub(started)
 	if err != nil {
+		span.SetStatus(codes.Error, "the SpiceDB write failed")
 		for _, r := range live {
 			r.done <- res
 		}
@@ -208,19 +233,39 @@ func (b *Batcher) write(batch []*batchRequest) {
 	}
 	// The write landed: fence even if a job gave up meanwhile (the fence is
 	// short, and a landed write should be recorded).
-	fenceCtx, cancelFence := context.WithTimeout(context.Background(), min(timeout, fenceTimeout))
+	fenceCtx, cancelFence := context.WithTimeout(traced, min(timeout, fenceTimeout))
 	defer cancelFence()
 	keys := make([]keyAt, len(live))
 	for i, r := range live {
 		keys[i] = r.key
 	}
 	fenced, err := fenceKeys(fenceCtx, b.db, keys, token)
+	if err != nil {
+		span.SetStatus(codes.Error, "recording the applied generations failed")
+	}
 	for _, r := range live {
 		res := res
 		res.fenceErr = err
 		res.fenced = err == nil && (r.key.generation == 0 || fenced[r.key.syncKey])
 		r.done <- res
 	}
+}
+
+// startBatchSpan starts the span of one shared write, linked to the span of
+// every job in it; without tracing it returns a no-op span.
+func (b *Batcher) startBatchSpan(live []*batchRequest, updates int) (context.Context, trace.Span) {
+	ctx := context.Background()
+	if b.tracer == nil {
+		return ctx, trace.SpanFromContext(ctx)
+	}
+	links := make([]trace.Link, 0, len(live))
+	for _, r := range live {
+		if l := trace.LinkFromContext(r.ctx); l.SpanContext.IsValid() {
+			links = append(links, l)
+		}
+	}
+	return b.tracer.Start(ctx, "tether.spicedb_write_batch", trace.WithNewRoot(), trace.WithLinks(links...),
+		trace.WithAttributes(attribute.Int("tether.batch.jobs", len(live)), attribute.Int("tether.updates", updates)))
 }
 
 // fenceTimeout bounds a batch's fence (one short UPDATE).

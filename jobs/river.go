@@ -39,6 +39,8 @@ type ClientConfig struct {
 	// (0: DefaultWorkerLeaseTTL).
 	WorkerLeaseTTL time.Duration
 	Logger         *slog.Logger
+	// Plugins are added to River's (tracing, when it is on).
+	Plugins []rivertype.Plugin
 }
 
 // DefaultClientConfig are the production defaults.
@@ -81,6 +83,7 @@ func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (client *rive
 		Logger:               cfg.Logger,
 		MaxAttempts:          maxSyncAttempts,
 		Middleware:           []rivertype.Middleware{syncer.Metrics.middleware()},
+		Plugins:              cfg.Plugins,
 		Workers:              workers,
 	}
 	var lease *workerLease

@@ -18,6 +18,7 @@ type Config struct {
 	Workers
 	Server
 	Auth
+	Tracing
 	// EncryptionKeys encrypt secrets at rest (required by serve).
 	EncryptionKeys *keyring.Ring
 	LogLevel       string

@@ -107,6 +107,12 @@ func TestLoadRules(t *testing.T) {
 		{"issuer url", config.ScopeServe, map[string]string{"TETHER_AUTH_ISSUER": "idp", "TETHER_AUTH_AUDIENCE": "tether"}, "TETHER_AUTH_ISSUER", "issuer's URL"},
 		{"issuer needs audience", config.ScopeServe, map[string]string{"TETHER_AUTH_ISSUER": "https://idp.example"}, "TETHER_AUTH_AUDIENCE", "required with TETHER_AUTH_ISSUER"},
 		{"dev mode bool", config.ScopeServe, map[string]string{"TETHER_DEV_MODE": "maybe"}, "TETHER_DEV_MODE", "true or false"},
+		{"trace exporter", config.ScopeDatabase, map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER", "otlp or none"},
+		{"trace protocol", config.ScopeDatabase, map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf or grpc"},
+		{"traces protocol", config.ScopeDatabase, map[string]string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "udp"}, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf or grpc"},
+		{"trace endpoint url", config.ScopeDatabase, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "OTEL_EXPORTER_OTLP_ENDPOINT", "http(s) URL"},
+		{"traces endpoint url", config.ScopeDatabase, map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "ftp://c/v1/traces"}, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http(s) URL"},
+		{"sdk disabled bool", config.ScopeDatabase, map[string]string{"OTEL_SDK_DISABLED": "nope"}, "OTEL_SDK_DISABLED", "true or false"},
 		{"dev mode not over https", config.ScopeServe, map[string]string{"TETHER_DEV_MODE": "true", "TETHER_PUBLIC_URL": "https://t.example"}, "TETHER_DEV_MODE", "https"},
 		{"dev mode on every interface", config.ScopeServe, map[string]string{"TETHER_DEV_MODE": "true", "TETHER_HTTP_ADDR": "0.0.0.0:8080"}, "TETHER_DEV_MODE", "loopback"},
 		{"dev mode on an empty host", config.ScopeServe, map[string]string{"TETHER_DEV_MODE": "true", "TETHER_HTTP_ADDR": ":8080"}, "TETHER_DEV_MODE", "loopback"},
@@ -153,4 +159,36 @@ func TestDevModeNeedsHMACSecret(t *testing.T) {
 		"TETHER_AUTH_ISSUER": "https://idp.example", "TETHER_AUTH_AUDIENCE": "tether"}), config.ScopeServe)
 	require.Error(t, err)
 	require.True(t, strings.Contains(err.Error(), "TETHER_DEV_MODE: needs TETHER_AUTH_HMAC_SECRET"), err.Error())
+}
+
+// Tracing is off unless an OTLP endpoint is set, and off again when the SDK
+// is disabled; the protocol defaults to http/protobuf.
+func TestLoadTracing(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name        string
+		env         map[string]string
+		protocol    string
+		serviceName string
+	}{
+		{"off by default", nil, "", ""},
+		{"base endpoint", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, config.ProtocolHTTPProtobuf, ""},
+		{"traces endpoint", map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://c.example/v1/traces"}, config.ProtocolHTTPProtobuf, ""},
+		{"grpc", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, config.ProtocolGRPC, ""},
+		{"traces protocol wins", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+			"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}, config.ProtocolGRPC, ""},
+		{"service name", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SERVICE_NAME": "tether-eu"}, config.ProtocolHTTPProtobuf, "tether-eu"},
+		{"sdk disabled", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}, "", ""},
+		{"exporter none", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"}, "", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cfg, err := config.Load(env(tc.env), config.ScopeServe)
+			require.NoError(t, err)
+			require.Equal(t, tc.protocol, cfg.TracesProtocol)
+			require.Equal(t, tc.protocol != "", cfg.TracingOn())
+			require.Equal(t, tc.serviceName, cfg.ServiceName)
+		})
+	}
 }

@@ -20,6 +20,7 @@ func Load(getenv func(string) string, scope Scope) (*Config, error) {
 	cfg := Defaults()
 	r.store(&cfg.Store)
 	r.workers(&cfg.Workers)
+	r.tracing(&cfg.Tracing)
 	cfg.LogLevel = strings.ToLower(r.str("TETHER_LOG_LEVEL", cfg.LogLevel))
 	switch cfg.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -16,6 +16,7 @@ import (
 	"github.com/tetherhq/tether/internal/config"
 	"github.com/tetherhq/tether/internal/keyring"
 	"github.com/tetherhq/tether/internal/oauthclient"
+	"github.com/tetherhq/tether/internal/telemetry"
 	"github.com/tetherhq/tether/jobs"
 	"github.com/tetherhq/tether/jobs/spicedb"
 	"github.com/tetherhq/tether/migrations"
@@ -24,6 +25,32 @@ import (
 // minPoolConns is the pool's floor: River's workers, the batcher's fences
 // and the API share it.
 const minPoolConns = 20
+
+// buildTracing takes Options.TracerProvider or, when OpenTelemetry's
+// variables ask for it, an OTLP exporter flushed and shut down last, after
+// the spans of the drain. Otherwise e.Tracer stays nil and nothing is traced.
+func (e *Engine) buildTracing(ctx context.Context) error {
+	if e.opts.TracerProvider != nil {
+		e.Tracer = e.opts.TracerProvider
+		return nil
+	}
+	if !e.Config.TracingOn() {
+		return nil
+	}
+	tp, err := telemetry.NewTracerProvider(ctx, e.Config.Tracing, string(e.Role), e.Logger)
+	if err != nil {
+		return err
+	}
+	e.Tracer = tp
+	e.closers = append(e.closers, func() {
+		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := tp.Shutdown(flushCtx); err != nil {
+			e.Logger.Warn("error flushing traces", "error", err)
+		}
+	})
+	return nil
+}
 
 // connect opens the pool and the SpiceDB client; a wrong URL or endpoint
 // fails here, naming its variable.
@@ -34,6 +61,9 @@ func (e *Engine) connect(ctx context.Context) error {
 		return &config.Error{Variable: "TETHER_DATABASE_URL", Problem: "not a valid Postgres URL"}
 	}
 	poolCfg.MaxConns = max(poolCfg.MaxConns, minPoolConns)
+	if e.Tracer != nil {
+		poolCfg.ConnConfig.Tracer = telemetry.NewPgxTracer(e.Tracer)
+	}
 	if e.opts.PoolConfig != nil {
 		e.opts.PoolConfig(poolCfg)
 	}
@@ -54,6 +84,9 @@ func (e *Engine) connect(ctx context.Context) error {
 	spiceCfg := spicedb.Config{Endpoint: cfg.SpiceDBEndpoint, Token: cfg.SpiceDBToken, Insecure: cfg.SpiceDBInsecure}
 	if e.opts.SpiceDB != nil {
 		e.opts.SpiceDB(&spiceCfg)
+	}
+	if e.Tracer != nil {
+		spiceCfg.DialOptions = append(spiceCfg.DialOptions, telemetry.GRPCDialOption(e.Tracer))
 	}
 	if e.SpiceDB, err = spicedb.New(spiceCfg); err != nil {
 		return &config.Error{Variable: "TETHER_SPICEDB_ENDPOINT", Problem: err.Error()}
@@ -82,7 +115,7 @@ func (e *Engine) buildSync() error {
 	// provider; otherwise only to loopback hosts.
 	oauth := oauthclient.NewWithOptions(oauthclient.Options{Timeout: e.opts.OAuthTimeout, AllowHTTP: cfg.DevMode})
 	if e.Role.works() && cfg.WriteFlushers > 0 {
-		e.batcher = jobs.NewBatcher(e.SpiceDB, e.DB, cfg.WriteFlushers)
+		e.batcher = jobs.NewBatcher(e.SpiceDB, e.DB, cfg.WriteFlushers, e.Tracer)
 		e.closers = append(e.closers, e.batcher.Close) // runs after River has stopped
 	}
 	var err error
@@ -96,6 +129,9 @@ func (e *Engine) buildSync() error {
 		JobTimeout: cfg.JobTimeout, RescueStuckJobsAfter: cfg.RescueStuckJobsAfter, ReconcileInterval: cfg.ReconcileInterval,
 		WorkerLeaseTTL: cfg.WorkerLeaseTTL, Logger: e.opts.RiverLogger,
 	}
+	if e.Tracer != nil {
+		clientCfg.Plugins = append(clientCfg.Plugins, telemetry.RiverPlugin(e.Tracer))
+	}
 	if e.opts.Client != nil {
 		e.opts.Client(&clientCfg)
 	}
@@ -107,7 +143,7 @@ func (e *Engine) buildSync() error {
 	if publicURL == nil {
 		publicURL = &url.URL{Scheme: "http", Host: cfg.HTTPAddr}
 	}
-	e.Service, err = app.NewService(app.ServiceDeps{DB: e.DB, Enqueuer: e.Enqueuer, Keys: keys, OAuth: &app.OAuthConfig{
+	e.Service, err = app.NewService(app.ServiceDeps{DB: e.DB, Enqueuer: e.Enqueuer, Keys: keys, Tracer: e.Tracer, OAuth: &app.OAuthConfig{
 		Client: oauth, PublicURL: publicURL, AllowedOrigins: cfg.AllowedOrigins, AllowHTTP: cfg.DevMode,
 	}})
 	return err
@@ -124,8 +160,8 @@ func (e *Engine) buildHTTP() error {
 	e.closers = append(e.closers, auth.Close)
 	deps := app.ServerDeps{
 		Service: e.Service, Auth: auth, Logger: e.Logger, SpiceDB: e.SpiceDB, Cookie: cfg.AuthCookie, Registry: e.Registry,
-		API: e.Role.servesAPI(),
-		UI:  app.UIConfig{DevLogin: cfg.DevMode, HMACSecret: cfg.AuthHMACSecret, AdminRole: cfg.AuthAdminRole},
+		API: e.Role.servesAPI(), Tracer: e.Tracer,
+		UI: app.UIConfig{DevLogin: cfg.DevMode, HMACSecret: cfg.AuthHMACSecret, AdminRole: cfg.AuthAdminRole},
 	}
 	jobs.RegisterStateGauges(e.Registry, e.DB, e.SpiceDB)
 	if e.Role.servesAPI() {

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/riverqueue/river"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tetherhq/tether/app"
 	"github.com/tetherhq/tether/internal/config"
@@ -89,6 +90,11 @@ type Options struct {
 	CancelJobsOnStop bool
 	// OAuthTimeout bounds each call to a provider (default 10 s).
 	OAuthTimeout time.Duration
+	// TracerProvider traces the process (tests pass an SDK provider with an
+	// in-memory exporter). Without it the engine exports over OTLP when
+	// OpenTelemetry's variables say so (config.Tracing), and otherwise
+	// installs no tracing at all.
+	TracerProvider trace.TracerProvider
 }
 
 // Engine is one Tether process's parts. Fields are set by New and never
@@ -108,6 +114,8 @@ type Engine struct {
 	Service    *app.Service
 	Reconciler *jobs.Reconciler
 	Server     *app.Server
+	// Tracer is nil when tracing is off.
+	Tracer trace.TracerProvider
 
 	opts Options
 	// startRiver starts River with what a working client runs beside it.
@@ -151,6 +159,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Engine, err 
 	if e.Registry == nil {
 		e.Registry = prometheus.NewRegistry()
 		e.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	if err := e.buildTracing(ctx); err != nil {
+		return nil, err
 	}
 	if err := e.connect(ctx); err != nil {
 		return nil, err

@@ -131,3 +131,29 @@ func TestPartsRefuseMissingDependencies(t *testing.T) {
 	_, err = app.NewService(app.ServiceDeps{})
 	require.EqualError(t, err, "app.NewService: missing DB")
 }
+
+// Tracing off (no provider, no OTLP endpoint) installs no tracer anywhere;
+// a provider given traces requests but not the probes.
+func TestTracingIsOffUnlessAsked(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	ctx := context.Background()
+	off, err := engine.New(ctx, cfg, engine.Options{Role: engine.RoleAll})
+	require.NoError(t, err)
+	require.Nil(t, off.Tracer)
+	require.Nil(t, off.DB.Config().ConnConfig.Tracer, "no Postgres tracer when tracing is off")
+	require.NoError(t, off.Stop(ctx))
+
+	rec := testenv.NewSpanRecorder(t)
+	on, err := engine.New(ctx, cfg, engine.Options{Role: engine.RoleAll, TracerProvider: rec})
+	require.NoError(t, err)
+	require.NotNil(t, on.DB.Config().ConnConfig.Tracer)
+	require.Equal(t, http.StatusOK, get(t, on.Handler(), "/healthz"))
+	require.Equal(t, http.StatusUnauthorized, get(t, on.Handler(), "/api/data/resource_pools"))
+	require.NoError(t, on.Stop(ctx))
+	var names []string
+	for _, s := range rec.Spans() {
+		names = append(names, s.Name)
+	}
+	require.Equal(t, []string{"GET /api/data/resource_pools"}, names, "probes are not traced; the API is")
+}

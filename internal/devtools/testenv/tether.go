@@ -15,6 +15,7 @@ import (
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tetherhq/tether/app"
 	"github.com/tetherhq/tether/db/dbsqlc"
@@ -63,6 +64,9 @@ type TetherOpts struct {
 	// StateTTL, if set, bounds OAuth2 authorizations (default app.StateTTL):
 	// tests see them expire.
 	StateTTL time.Duration
+	// TracerProvider traces the engine (an SDK provider with an in-memory
+	// exporter: see NewSpanRecorder).
+	TracerProvider trace.TracerProvider
 }
 
 // TestKeyRing is a fixed key ring for tests.
@@ -148,7 +152,7 @@ func startEngine(tb testing.TB, cfg *config.Config, opts TetherOpts, role engine
 		}
 	}
 	e, err := engine.New(context.Background(), cfg, engine.Options{
-		Role: role, Logger: logger, CancelJobsOnStop: true, OAuthTimeout: 5 * time.Second, Client: opts.Client,
+		Role: role, Logger: logger, CancelJobsOnStop: true, OAuthTimeout: 5 * time.Second, Client: opts.Client, TracerProvider: opts.TracerProvider,
 		SpiceDB: func(c *spicedb.Config) { c.DialOptions = spiceCfg.DialOptions },
 	})
 	if err != nil {
