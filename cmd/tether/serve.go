@@ -42,7 +42,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 			" can sign in as anyone, admins included, at /ui/dev/login. Never run it like this in production.")
 	}
 	logger.Info("tether serving", "addr", e.Addr().String(), "public_url", cfg.PublicURL.String(), "role", string(role),
-		"client_id", e.River.ID(), "dev_mode", cfg.DevMode)
+		"client_id", e.River.ID(), "dev_mode", cfg.DevMode, "tracing", cfg.TracingOn())
 	if err := e.Wait(ctx); err != nil {
 		logger.Error("HTTP server failed", "error", err)
 	}

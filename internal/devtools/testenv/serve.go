@@ -57,9 +57,10 @@ func removeBinary() {
 
 // ServeProcess is a `tether serve` process of the test's own.
 type ServeProcess struct {
-	cmd    *exec.Cmd
-	out    *Buffer
-	exited chan struct{}
+	cmd     *exec.Cmd
+	out     *Buffer
+	exited  chan struct{}
+	waitErr error // how it exited, once exited is closed
 	// Addr is where it serves HTTP (probes and /metrics for --role worker).
 	Addr string
 	// ClientID is its River client id (and worker lease), as River records
@@ -112,7 +113,7 @@ func StartServe(tb testing.TB, env map[string]string, args ...string) *ServeProc
 		tb.Fatalf("testenv: error starting tether serve: %v", err)
 	}
 	go func() {
-		_ = cmd.Wait()
+		p.waitErr = cmd.Wait()
 		close(p.exited)
 	}()
 	tb.Cleanup(func() {
@@ -161,6 +162,38 @@ func (p *ServeProcess) Kill(tb testing.TB) {
 		tb.Fatal("testenv: tether serve still running 10 s after SIGKILL")
 	}
 }
+
+// Stop sends SIGTERM (what Kubernetes sends) and requires a clean exit —
+// drained, status 0 — within d.
+func (p *ServeProcess) Stop(tb testing.TB, d time.Duration) {
+	tb.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		tb.Fatalf("testenv: error stopping tether serve: %v", err)
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-p.exited:
+		if p.waitErr != nil {
+			tb.Fatalf("testenv: tether serve exited with %v after SIGTERM:\n%s", p.waitErr, p.out)
+		}
+	case <-timer.C:
+		tb.Fatalf("testenv: tether serve still running %s after SIGTERM:\n%s", d, p.out)
+	}
+}
+
+// Exited reports whether the process has exited.
+func (p *ServeProcess) Exited() bool {
+	select {
+	case <-p.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// URL is the process's HTTP base URL.
+func (p *ServeProcess) URL() string { return "http://" + p.Addr }
 
 // Pid is the process id.
 func (p *ServeProcess) Pid() int { return p.cmd.Process.Pid }
