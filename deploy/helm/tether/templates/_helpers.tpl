@@ -22,8 +22,10 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* A role's image: its imageTag, else image.tag, else the appVersion. */}}
 {{- define "tether.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- $v := index .root.Values .role -}}
+{{ .root.Values.image.repository }}:{{ $v.imageTag | default .root.Values.image.tag | default .root.Chart.AppVersion }}
 {{- end -}}
 
 {{/* One secret variable from the existing Secret, skipped when its key is "". */}}
