@@ -68,6 +68,7 @@ var scenarios = []scenario{
 	{"5", "relink at scale", scenarioRelink},
 	{"6", "reconcile at scale", scenarioReconcile},
 	{"7", "heal after outage", scenarioHeal},
+	{"8", "scale-out: worker processes", scenarioScaleOut},
 }
 
 func run(ctx context.Context) error {

@@ -36,6 +36,7 @@ type bench struct {
 	stack           *devstack.Stack
 	postgresVersion string
 	keys            *keyring.Ring
+	keySpec         string // keys as TETHER_ENCRYPTION_KEYS (for worker processes)
 	secret          []byte
 	cdfs            []cdfSeries
 	dbCounter       int
@@ -61,11 +62,12 @@ func newBench(ctx context.Context, full bool) (*bench, error) {
 	if err != nil {
 		return nil, err
 	}
-	keys, err := keyring.Parse("bench:" + devstack.StdBase64(devstack.RandomSecret()))
+	keySpec := "bench:" + devstack.StdBase64(devstack.RandomSecret())
+	keys, err := keyring.Parse(keySpec)
 	if err != nil {
 		return nil, err
 	}
-	b := &bench{full: full, dir: dir, stack: stack, keys: keys, secret: []byte(benchSecret)}
+	b := &bench{full: full, dir: dir, stack: stack, keys: keys, keySpec: keySpec, secret: []byte(benchSecret)}
 	conn, err := pgx.Connect(ctx, stack.AdminURL)
 	if err == nil {
 		_ = conn.QueryRow(ctx, "SHOW server_version").Scan(&b.postgresVersion)
