@@ -67,7 +67,7 @@ func spanMethod(m string) string {
 }
 
 // traceTx starts the span of a service transaction, named after the
-// operation that runs it (the exported method calling inTx), so that a
+// operation that runs it (the method calling inTx), so that a
 // trace reads "tether.tx ConnectionSetStatus" without every method naming
 // itself. end records the outcome as an error code only: messages may quote
 // the input.
