@@ -45,10 +45,10 @@ func TestConnectIsOneTrace(t *testing.T) {
 		if insert, ok = ix.one(insertSpan, func(s tracetest.SpanStub) bool { return ix.descends(s, callback) }); !ok {
 			return false
 		}
-		// The callback runs two transactions (the state's, then the
-		// connection's): the second one inserts the job.
-		if tx, ok = ix.one("tether.tx Callback", func(s tracetest.SpanStub) bool {
-			return s.Parent.SpanID() == callback.SpanContext.SpanID() && ix.descends(insert, s)
+		// The callback runs more than one transaction (the state's, then the
+		// connection's): the one that inserts the job is the insert's ancestor.
+		if tx, ok = ix.first(func(s tracetest.SpanStub) bool {
+			return strings.HasPrefix(s.Name, "tether.tx ") && s.Parent.SpanID() == callback.SpanContext.SpanID() && ix.descends(insert, s)
 		}); !ok {
 			return false
 		}
@@ -96,9 +96,14 @@ func newSpanIndex(spans tracetest.SpanStubs) spanIndex {
 
 // one returns the only span named name that match accepts (nil: all).
 func (ix spanIndex) one(name string, match func(tracetest.SpanStub) bool) (tracetest.SpanStub, bool) {
+	return ix.first(func(s tracetest.SpanStub) bool { return s.Name == name && (match == nil || match(s)) })
+}
+
+// first returns the only span match accepts.
+func (ix spanIndex) first(match func(tracetest.SpanStub) bool) (tracetest.SpanStub, bool) {
 	var found []tracetest.SpanStub
 	for _, s := range ix.spans {
-		if s.Name == name && (match == nil || match(s)) {
+		if match(s) {
 			found = append(found, s)
 		}
 	}
