@@ -89,9 +89,19 @@ func (s *screenshots) take(t *testing.T, ctx context.Context, name string) {
 // text reads an element's text, its white space collapsed.
 func text(t *testing.T, ctx context.Context, sel string) string {
 	t.Helper()
-	s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
-	require.NoError(t, err, sel)
-	return strings.Join(strings.Fields(s), " ")
+	// A page that refreshes itself (something is on its way) can replace
+	// its nodes between finding one and reading it: read again, within a
+	// deadline, until a read lands on one whole page.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+		if err == nil {
+			return strings.Join(strings.Fields(s), " ")
+		}
+		if time.Now().After(deadline) || !strings.Contains(err.Error(), "No node") {
+			require.NoError(t, err, sel)
+		}
+	}
 }
 
 // stateCatcher records the state of each authorization request the browser
