@@ -29,11 +29,11 @@ func (s *Server) readyz(c echo.Context) error {
 	if err := s.service.Ping(ctx); err != nil {
 		r.Status, r.Postgres = "unavailable", "unreachable"
 	}
-	switch state, err := s.spicedb.CheckSchema(ctx); {
+	switch state, err := s.spicedb.Probe(ctx); {
 	case err != nil:
 		r.Status, r.SpiceDB = "unavailable", "unreachable"
 	case state != spicedb.SchemaCurrent:
-		r.Status, r.SpiceDB = "unavailable", "schema "+state.String()+" (run tether reconcile or tether migrate up)"
+		r.Status, r.SpiceDB = "unavailable", "schema "+state.String()+" (being restored from Postgres)"
 	}
 	if s.api {
 		r.Auth = "ok"

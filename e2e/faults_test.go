@@ -758,64 +758,8 @@ func TestPostgresRestartUnderTraffic(t *testing.T) {
 	requireSpiceDB(t, tt, w.pools, e)
 }
 
-// TestSpiceDBMemoryRestartUnderTraffic restarts an in-memory SpiceDB (which
-// wipes schema and relationships) while actors change access. Writes keep
-// succeeding; the reconciler restores the store; afterwards every
-// acknowledged change is visible in SpiceDB and a dry run finds no drift.
-func TestSpiceDBMemoryRestartUnderTraffic(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	proc := testenv.StartSpiceDBProcess(t, false)
-	tt := testenv.StartTether(t, testenv.TetherOpts{
-		SpiceDB: func(c *spicedb.Config) { *c = proc.Config() },
-		Client:  func(c *jobs.ClientConfig) { c.MaxWorkers = 16 },
-	})
-	pools := setupPools(t, tt)
-	tt.WaitSynced(t, 15*time.Second)
-
-	w := newWorkload(t, serviceOps{svc: tt.Service}, pools, 6, 6, "mem")
-	w.start()
-	w.waitAcked(t, 20, "traffic flows before the fault")
-	acked := w.stats.acked.Load()
-	proc.Stop()
-	w.waitAcked(t, 20, "changes are accepted while SpiceDB is down")
-	proc.Start() // empty: no schema, no relationships
-	restarted := time.Now()
-	// Changes keep being accepted; their jobs meet a store without schema
-	// and stall (never counted as applied).
-	require.Eventually(t, func() bool {
-		return count(t, tt.DB, "SELECT count(*) FROM sync_state WHERE stalled AND applied_generation < generation") > 0
-	}, 15*time.Second, 20*time.Millisecond, "jobs writing into the wiped store must stall")
-	w.waitAcked(t, 20, "changes are accepted after the restart")
-	w.halt()
-	t.Logf("traffic: %s (%d during and after the restart)", &w.stats, w.stats.acked.Load()-acked)
-	w.stats.checkNoViolations(t)
-	require.Zero(t, w.stats.unavailable.Load(), "Postgres is up: no change may be refused")
-
-	// Let every job end (completed, or cancelled on the missing schema) so
-	// that the reconcile sees every stalled key.
-	require.Eventually(t, func() bool { return count(t, tt.DB, liveSyncJobs) == 0 }, 20*time.Second, 20*time.Millisecond)
-	stalled := count(t, tt.DB, "SELECT count(*) FROM sync_state WHERE stalled")
-	report, err := tt.Reconciler.Run(ctx, jobs.ReconcileOpts{})
-	require.NoError(t, err)
-	require.Equal(t, "missing", report.Schema)
-	require.Positive(t, report.Repaired)
-	t.Logf("reconcile %s after the restart: %d stalled keys, %d relationships restored, %d keys requeued, took %s",
-		time.Since(restarted).Round(time.Millisecond), stalled, report.Repaired, report.Requeued, report.Duration.Round(time.Millisecond))
-
-	// New changes flow normally again.
-	w2 := newWorkload(t, serviceOps{svc: tt.Service}, pools[:1], 2, 2, "late")
-	w2.start()
-	w2.waitAcked(t, 10, "new changes flow after the reconcile")
-	w2.halt()
-	w2.stats.checkNoViolations(t)
-
-	took := drain(t, tt, 30*time.Second)
-	t.Logf("drained %s after the reconcile", took.Round(time.Millisecond))
-	e := w.requireDatabase(t, tt.DB)
-	requireSpiceDB(t, tt, w.pools, e)
-	requireSpiceDB(t, tt, w2.pools, w2.requireDatabase(t, tt.DB))
-}
+// A SpiceDB wiped under traffic is TestSpiceDBWipedUnderTraffic
+// (heal_test.go): restored with no command run.
 
 // TestSlowNetworkToSpiceDB puts a proxy between the engine and SpiceDB and
 // adds latency beyond the job timeout: every call times out, jobs retry

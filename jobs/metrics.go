@@ -28,6 +28,8 @@ type Metrics struct {
 	SyncFailures        *prometheus.CounterVec
 	Jobs                *prometheus.CounterVec
 	JobsReclaimed       *prometheus.CounterVec
+	// Heal are the watcher's, restores' and reschedules' metrics.
+	Heal *HealMetrics
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -66,6 +68,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"job_kind"}),
 	}
 	reg.MustRegister(m.SpiceDBWriteSeconds, m.SyncLagSeconds, m.SyncApplied, m.SyncFenceRetries, m.SyncFailures, m.Jobs, m.JobsReclaimed)
+	m.Heal = newHealMetrics(reg)
 	return m
 }
 
@@ -140,7 +143,7 @@ func (m *Metrics) middleware() rivertype.Middleware {
 // reconcile (whoever ran it), and whether SpiceDB answers with Tether's
 // schema. One scrape makes one query of each kind.
 func RegisterStateGauges(reg prometheus.Registerer, db *pgxpool.Pool, spice *spicedb.Client) {
-	reg.MustRegister(&stateCollector{db: db, spice: spice})
+	reg.MustRegister(&stateCollector{db: db, spice: spice}, &watchStateCollector{db: db})
 }
 
 var stateDescs = struct {
@@ -207,7 +210,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(stateDescs.drift, float64(run.Extra), "extra")
 	}
 	up, current := 0.0, 0.0
-	if st, err := c.spice.CheckSchema(ctx); err == nil {
+	if st, err := c.spice.Probe(ctx); err == nil {
 		up = 1
 		if st == spicedb.SchemaCurrent {
 			current = 1

@@ -45,11 +45,15 @@ func (m *model) canView(user string, poolID int64) bool {
 // TestModel runs random sequences of every operation that affects access
 // against the real service, with 8 concurrent workers and SpiceDB writes that
 // fail before or after landing and are randomly delayed (so same-key jobs
-// overlap and reorder). After each sequence drains, SpiceDB (CheckPermission,
-// fully consistent), the API's database-computed view and the model must
-// agree exactly, and SpiceDB must equal the relationships derived from
-// Postgres. TETHER_MODEL_SEQUENCES (default 1000) sets the number of
-// sequences, spread over four engines.
+// overlap and reorder), and with faults of the outside world as operations:
+// writes and deletes on Tether's relations by someone else, and SpiceDB
+// wiped (its in-memory server restarted). Each engine heals itself as in
+// production; the test never reconciles. After each sequence drains,
+// SpiceDB (CheckPermission, fully consistent), the API's database-computed
+// view and the model must agree exactly, and a full ReadRelationships dump
+// must equal the relationships derived from Postgres.
+// TETHER_MODEL_SEQUENCES (default 1000) sets the number of sequences,
+// spread over four engines.
 func TestModel(t *testing.T) {
 	t.Parallel()
 	total := 1000
@@ -64,23 +68,32 @@ func TestModel(t *testing.T) {
 	if !explicit {
 		require.NoError(t, flag.Set("rapid.checks", strconv.Itoa((total+engines-1)/engines)))
 	}
-	var sequences, injected atomic.Int64
+	var sequences, injected, foreign, wipes atomic.Int64
 	t.Cleanup(func() {
-		t.Logf("%d sequences, %d injected SpiceDB faults", sequences.Load(), injected.Load())
+		t.Logf("%d sequences, %d injected SpiceDB faults, %d foreign writes, %d wipes",
+			sequences.Load(), injected.Load(), foreign.Load(), wipes.Load())
 	})
 	for e := range engines {
 		t.Run(fmt.Sprintf("Engine%d", e), func(t *testing.T) {
 			t.Parallel()
 			f := &faults{rng: rand.New(rand.NewPCG(uint64(e), 42)), failBefore: 0.15, failAfter: 0.15, maxDelay: 3 * time.Millisecond}
+			proc := testenv.StartSpiceDBProcess(t, false) // its own, to wipe
 			tt := testenv.StartTether(t, testenv.TetherOpts{
-				SpiceDB: func(c *spicedb.Config) { c.DialOptions = append(c.DialOptions, f.interceptor()) },
-				Client:  func(c *jobs.ClientConfig) { c.MaxWorkers = 8 },
+				Heal: true,
+				SpiceDB: func(c *spicedb.Config) {
+					*c = proc.Config()
+					c.DialOptions = append(c.DialOptions, f.interceptor())
+				},
+				Client: func(c *jobs.ClientConfig) { c.MaxWorkers = 8 },
 			})
+			outside := &outsideWorld{proc: proc, client: testenv.ForeignClient(t, proc.Config())}
 			var seq atomic.Int64
 			rapid.Check(t, func(rt *rapid.T) {
-				runSequence(rt, tt, fmt.Sprintf("e%ds%d", e, seq.Add(1)))
+				runSequence(rt, tt, outside, fmt.Sprintf("e%ds%d", e, seq.Add(1)))
 				sequences.Add(1)
 			})
+			foreign.Add(outside.writes)
+			wipes.Add(outside.wipes)
 			f.mu.Lock()
 			injected.Add(int64(f.injected))
 			f.mu.Unlock()
@@ -88,7 +101,15 @@ func TestModel(t *testing.T) {
 	}
 }
 
-func runSequence(rt *rapid.T, tt *testenv.Tether, ns string) {
+// outsideWorld makes the faults no test of Tether's own code can: someone
+// else writing to SpiceDB, and SpiceDB losing everything.
+type outsideWorld struct {
+	proc          *testenv.SpiceDBProcess
+	client        *spicedb.Client // writes without Tether's metadata
+	writes, wipes int64
+}
+
+func runSequence(rt *rapid.T, tt *testenv.Tether, outside *outsideWorld, ns string) {
 	ctx := context.Background()
 	m := &model{providers: map[string]bool{}, connections: map[[2]string]string{}, pools: map[int64]*modelPool{}}
 	providers := []string{ns + "-p0", ns + "-p1"}
@@ -248,18 +269,53 @@ func runSequence(rt *rapid.T, tt *testenv.Tether, ns string) {
 			m.providers[p] = true
 		},
 	}
-	names := make([]string, 0, len(actions))
-	for name := range actions {
-		names = append(names, name)
+	// Faults of the outside world, drawn less often than the operations.
+	someone := func(rt *rapid.T) {
+		pool := fmt.Sprint(rapid.SampledFrom(append(poolIDs, 0)).Draw(rt, "pool"))
+		subject := rapid.SampledFrom(append(slices.Clone(users), "intruder", spicedb.Wildcard)).Draw(rt, "subject")
+		if subject != spicedb.Wildcard {
+			subject = spicedb.SubjectID(subject)
+		}
+		rels := []spicedb.Relationship{
+			{ResourceType: spicedb.TypeResourcePool, ResourceID: pool, Relation: spicedb.RelViewer, SubjectType: spicedb.TypeUser, SubjectID: subject},
+			{ResourceType: spicedb.TypeResourcePool, ResourceID: pool, Relation: spicedb.RelProvider, SubjectType: spicedb.TypeOAuth2Client, SubjectID: provider.Draw(rt, "link")},
+		}
+		if subject != spicedb.Wildcard {
+			rels = append(rels, spicedb.Relationship{ResourceType: spicedb.TypeOAuth2Client, ResourceID: provider.Draw(rt, "provider"),
+				Relation: spicedb.RelConnected, SubjectType: spicedb.TypeUser, SubjectID: subject})
+		}
+		u := spicedb.Update{Relationship: rapid.SampledFrom(rels).Draw(rt, "relationship"), Delete: rapid.Bool().Draw(rt, "delete")}
+		_, err := outside.client.Write(ctx, []spicedb.Update{u})
+		switch {
+		case err == nil:
+			outside.writes++
+		case spicedb.IsSchemaMissing(err) || spicedb.IsTransient(err):
+			// Just after a wipe the intruder fails too (no schema yet, or
+			// SpiceDB still starting): nothing was written.
+		default:
+			rt.Fatalf("foreign write %v: %v", u, err)
+		}
 	}
-	slices.Sort(names)
+	wipe := func() {
+		outside.proc.Stop()
+		outside.proc.Start() // empty: no schema, no relationships
+		outside.wipes++
+	}
+	names := sortedKeys(actions)
 	steps := rapid.IntRange(1, 12).Draw(rt, "steps")
 	for range steps {
-		actions[rapid.SampledFrom(names).Draw(rt, "action")](rt)
+		switch rapid.IntRange(0, 39).Draw(rt, "kind") { // rapid favours small draws: faults at the top
+		case 39:
+			wipe()
+		case 31, 32, 33, 34, 35, 36, 37, 38:
+			someone(rt)
+		default:
+			actions[rapid.SampledFrom(names).Draw(rt, "action")](rt)
+		}
 	}
 
-	tt.WaitSynced(rt, 30*time.Second)
-	tt.RequireInSync(rt)
+	// Drained: no reconcile, just the engine healing itself.
+	tt.WaitConverged(rt, 30*time.Second)
 	for _, u := range users {
 		visible, err := tt.Service.PoolList(ctx, &app.User{ID: u})
 		require.NoError(rt, err)
@@ -273,4 +329,13 @@ func runSequence(rt *rapid.T, tt *testenv.Tether, ns string) {
 			require.Equal(rt, want, apiView[id], "API: may %s view pool %d?", u, id)
 		}
 	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }

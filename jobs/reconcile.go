@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/riverqueue/river"
 
@@ -31,6 +32,10 @@ type ReconcileOpts struct {
 	Wait bool
 	// Progress, if set, is called as work advances (phase and count so far).
 	Progress func(phase string, done int64)
+	// UnlessRunSince, if set, skips the run when a repairing reconcile that
+	// started at or after it has succeeded (it has seen what this run would
+	// see): the healer's restores coalesce so.
+	UnlessRunSince time.Time
 }
 
 // ReconcileReport is what a reconcile found and did.
@@ -54,6 +59,8 @@ type ReconcileReport struct {
 	// under the repair or stalled, whose sync job was inserted again.
 	Repaired int64 `json:"repaired"`
 	Requeued int64 `json:"requeued"`
+	// Skipped: UnlessRunSince found the work done by another run.
+	Skipped bool `json:"skipped,omitempty"`
 
 	pendingTouches int64
 }
@@ -105,6 +112,16 @@ func (r *Reconciler) Run(ctx context.Context, opts ReconcileOpts) (*ReconcileRep
 	}
 	report.StartedAt = time.Now()
 	defer q.ReconcileUnlock(context.WithoutCancel(ctx), lockConn, reconcileLockID) //nolint:errcheck // released with the session anyway
+	if !opts.UnlessRunSince.IsZero() {
+		last, err := q.ReconcileRunLatestRepair(ctx, r.DB)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("error reading the last reconcile: %w", err)
+		}
+		if err == nil && !last.StartedAt.Before(opts.UnlessRunSince) {
+			report.Skipped = true
+			return report, nil
+		}
+	}
 
 	runErr := r.run(ctx, report, opts.DryRun, progress)
 	report.Duration = time.Since(report.StartedAt)
@@ -222,7 +239,7 @@ func (r *Reconciler) repairPage(ctx context.Context, report *ReconcileReport, pa
 	if dryRun {
 		return nil
 	}
-	if _, err := r.SpiceDB.Write(ctx, updates); err != nil {
+	if err := writeRetrying(ctx, r.SpiceDB, updates); err != nil {
 		return err
 	}
 	report.Repaired += int64(len(updates))
@@ -240,6 +257,23 @@ func (r *Reconciler) repairPage(ctx context.Context, report *ReconcileReport, pa
 		keys = append(keys, syncKey{c.Kind, c.KeyID})
 	}
 	return r.requeue(ctx, report, keys)
+}
+
+// writeRetrying writes updates, retrying transient failures a few times
+// (TOUCH and DELETE are idempotent): one lost answer must not fail a whole
+// reconcile or restore.
+func writeRetrying(ctx context.Context, spice *spicedb.Client, updates []spicedb.Update) error {
+	for attempt := 1; ; attempt++ {
+		_, err := spice.Write(ctx, updates)
+		if err == nil || attempt == 5 || !spicedb.IsTransient(err) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(Backoff(attempt, time.Second)):
+		}
+	}
 }
 
 // requeueStalled inserts a job again for keys whose job was cancelled on a

@@ -13,6 +13,8 @@ import (
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivertype"
+
+	"github.com/tetherhq/tether/db/dbsqlc"
 )
 
 // ClientConfig tunes the River client that carries the outbox.
@@ -41,6 +43,9 @@ type ClientConfig struct {
 	Logger         *slog.Logger
 	// Plugins are added to River's (tracing, when it is on).
 	Plugins []rivertype.Plugin
+	// Heal configures self-healing in a working client's process (watch,
+	// restore, reschedule): see HealConfig and Syncer.StartHealing.
+	Heal HealConfig
 }
 
 // DefaultClientConfig are the production defaults.
@@ -54,6 +59,7 @@ func DefaultClientConfig() ClientConfig {
 		RescueStuckJobsAfter: 2 * time.Minute,
 		ReconcileInterval:    10 * time.Minute,
 		WorkerLeaseTTL:       DefaultWorkerLeaseTTL,
+		Heal:                 DefaultHealConfig(),
 	}
 }
 
@@ -73,6 +79,9 @@ func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (client *rive
 	if cfg.WorkerLeaseTTL < 0 {
 		return nil, nil, nil, fmt.Errorf("worker lease TTL %s must not be negative", cfg.WorkerLeaseTTL)
 	}
+	// Every write Tether makes is signed with the deployment's write key, so
+	// the watcher (in whichever process) knows it for Tether's.
+	syncer.SpiceDB.SignWritesWith(func(ctx context.Context) ([]byte, error) { return dbsqlc.New().WatchWriteKey(ctx, db) })
 	enqueuer = &Enqueuer{}
 	workers := registerWorkers(syncer, enqueuer)
 	rc := &river.Config{
@@ -117,6 +126,9 @@ func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (client *rive
 		w := &workerRuntime{jobsDB: db, lease: lease,
 			reclaimer: &reclaimer{river: client, logger: orDiscard(syncer.Logger), metrics: syncer.Metrics}}
 		start = func(ctx context.Context) error { return w.start(ctx, client) }
+	}
+	if cfg.Work && cfg.Heal.Enabled && syncer.healer == nil {
+		syncer.healer = newHealer(syncer, enqueuer, &Reconciler{Syncer: syncer, Enqueuer: enqueuer}, cfg.Heal)
 	}
 	return client, enqueuer, start, nil
 }

@@ -37,6 +37,10 @@ const maxSyncAttempts = 100_000
 type SyncConnectionArgs struct {
 	ProviderID string `json:"provider_id"`
 	UserID     string `json:"user_id"`
+	// Repair lists the relations of foreign changes the watcher saw on the
+	// key (one entry per change): the job then always writes, even if the
+	// key is settled, and counts them repaired.
+	Repair []string `json:"repair,omitempty"`
 }
 
 func (SyncConnectionArgs) Kind() string { return "tether.sync_connection" }
@@ -47,7 +51,8 @@ func (SyncConnectionArgs) InsertOpts() river.InsertOpts {
 
 // SyncPoolArgs names the sync key of one resource pool.
 type SyncPoolArgs struct {
-	ResourcePoolID int64 `json:"resource_pool_id"`
+	ResourcePoolID int64    `json:"resource_pool_id"`
+	Repair         []string `json:"repair,omitempty"` // as in SyncConnectionArgs
 }
 
 func (SyncPoolArgs) Kind() string { return "tether.sync_pool" }
@@ -158,6 +163,8 @@ type Syncer struct {
 	OnApplied func(kind, keyID, zedToken string, writtenAt time.Time)
 
 	failures failureLog
+	// healer is set by NewClient for a working client (StartHealing).
+	healer *Healer
 }
 
 // SyncerDeps are what a Syncer is built from; every field but OnApplied
@@ -220,7 +227,7 @@ func (w *ConnectionWorker) Work(ctx context.Context, job *river.Job[SyncConnecti
 	args := job.Args
 	keyID := ConnectionKeyID(args.ProviderID, args.UserID)
 	rel := spicedb.Relationship{ResourceType: spicedb.TypeOAuth2Client, ResourceID: args.ProviderID, Relation: spicedb.RelConnected, SubjectType: spicedb.TypeUser, SubjectID: spicedb.SubjectID(args.UserID)}
-	return runFenced(ctx, w.Syncer, job.JobRow, KeyKindConnection, keyID, func(ctx context.Context) (syncPlan, error) {
+	return runFenced(ctx, w.Syncer, job.JobRow, args.Repair, KeyKindConnection, keyID, func(ctx context.Context) (syncPlan, error) {
 		desired, err := dbsqlc.New().SyncConnectionDesired(ctx, w.DB, &dbsqlc.SyncConnectionDesiredParams{
 			KeyID: keyID, ProviderID: args.ProviderID, UserID: args.UserID,
 		})
@@ -247,7 +254,7 @@ func (w *PoolWorker) NextRetry(job *river.Job[SyncPoolArgs]) time.Time {
 func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) error {
 	poolID := job.Args.ResourcePoolID
 	resourceID := fmt.Sprint(poolID)
-	return runFenced(ctx, w.Syncer, job.JobRow, KeyKindPool, resourceID, func(ctx context.Context) (syncPlan, error) {
+	return runFenced(ctx, w.Syncer, job.JobRow, job.Args.Repair, KeyKindPool, resourceID, func(ctx context.Context) (syncPlan, error) {
 		desired, err := dbsqlc.New().SyncPoolDesired(ctx, w.DB, &dbsqlc.SyncPoolDesiredParams{KeyID: resourceID, ResourcePoolID: poolID})
 		if err != nil {
 			return syncPlan{}, fmt.Errorf("error reading pool state: %w", err)
@@ -303,10 +310,10 @@ func mustWrite(job *rivertype.JobRow) bool {
 // applied only if it is still the key's generation. If the key changed meanwhile, another job may already
 // have written the newer state before this job's write landed, so go round
 // again: the last write for a key is always made from its newest state.
-func runFenced(ctx context.Context, s *Syncer, job *rivertype.JobRow, kind, keyID string,
+func runFenced(ctx context.Context, s *Syncer, job *rivertype.JobRow, repair []string, kind, keyID string,
 	plan func(ctx context.Context) (syncPlan, error),
 ) error {
-	attempt, wrote := job.Attempt, mustWrite(job)
+	attempt, wrote := job.Attempt, mustWrite(job) || len(repair) > 0
 	for round := 0; ; round++ {
 		p, err := plan(ctx)
 		if err == nil && p.settled && !wrote && round == 0 {
@@ -314,7 +321,8 @@ func runFenced(ctx context.Context, s *Syncer, job *rivertype.JobRow, kind, keyI
 			// included) and fenced it. A first attempt has written nothing that
 			// could be stale, so there is nothing to do. (Retries, rescued jobs
 			// and replacements of jobs taken over from dead workers may have:
-			// they always write.)
+			// they always write. So do repairs: SpiceDB was changed behind
+			// the key's back.)
 			return nil
 		}
 		if err != nil {
@@ -337,6 +345,7 @@ func runFenced(ctx context.Context, s *Syncer, job *rivertype.JobRow, kind, keyI
 		}
 		if res.fenced {
 			s.Metrics.observeApplied(kind, round, p.changedAt)
+			s.Metrics.observeRepaired(repair)
 			if s.OnApplied != nil {
 				s.OnApplied(kind, keyID, res.token, res.writtenAt)
 			}
@@ -380,7 +389,12 @@ func fence(ctx context.Context, db *pgxpool.Pool, key keyAt, token string) (bool
 func (s *Syncer) failed(ctx context.Context, kind, keyID string, attempt int, err error) error {
 	// An interrupted job (shutdown, timeout) is never a permanent failure,
 	// whatever error the interrupted call returned.
-	transient := spicedb.IsTransient(err) || errors.Is(err, context.Canceled) || errors.Is(err, ErrWorkerLeaseLost) || ctx.Err() != nil
+	// Nor is a store without Tether's schema (wiped, replaced): the write
+	// reported it to the healer, which writes the schema back, restores
+	// everything and reschedules this job; until then it retries like any
+	// other outage.
+	transient := spicedb.IsTransient(err) || errors.Is(err, context.Canceled) || errors.Is(err, ErrWorkerLeaseLost) || ctx.Err() != nil ||
+		spicedb.IsSchemaMissing(err)
 	s.Metrics.observeFailure(kind, transient)
 	s.logFailure(ctx, kind, keyID, attempt, transient, err)
 	msg := spicedb.ScrubError(err)

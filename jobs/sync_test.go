@@ -108,10 +108,12 @@ func TestSpiceDBOutage(t *testing.T) {
 	require.Zero(t, discarded)
 }
 
-// SpiceDB is wiped (an in-memory server restarted: schema and data gone). The
-// next writes fail on the missing schema: their jobs stop and mark the key
-// stalled instead of pretending success. `reconcile` writes the schema back
-// and restores everything; a dry run then finds nothing.
+// SpiceDB is wiped (an in-memory server restarted: schema and data gone),
+// here with self-healing off. The next writes fail on the missing schema:
+// their jobs keep retrying (never pretending success, never given up), and
+// `reconcile` writes the schema back and restores everything; the waiting
+// job then applies, and a dry run finds nothing. (With self-healing on, the
+// restore needs no command: e2e.TestSpiceDBWipedUnderTraffic.)
 func TestSpiceDBWiped(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -137,11 +139,11 @@ func TestSpiceDBWiped(t *testing.T) {
 
 	tt.Connect(t, "late", "gitlab")
 	keyID := jobs.ConnectionKeyID("gitlab", "late")
-	require.Eventually(t, func() bool { return tt.SyncState(t, jobs.KeyKindConnection, keyID).Stalled },
-		10*time.Second, 10*time.Millisecond, "a write into a wiped store must not be taken as applied")
+	require.Eventually(t, func() bool { return tt.SyncState(t, jobs.KeyKindConnection, keyID).LastError != nil },
+		10*time.Second, 10*time.Millisecond, "a write into a wiped store must fail")
 	st := tt.SyncState(t, jobs.KeyKindConnection, keyID)
-	require.Less(t, st.AppliedGeneration, st.Generation)
-	require.NotNil(t, st.LastError)
+	require.Less(t, st.AppliedGeneration, st.Generation, "a write into a wiped store must not be taken as applied")
+	require.False(t, st.Stalled, "a wiped store is restored, not a reason to give the key up")
 
 	dry, err := tt.Reconciler.Run(ctx, jobs.ReconcileOpts{DryRun: true})
 	require.NoError(t, err)
@@ -151,7 +153,7 @@ func TestSpiceDBWiped(t *testing.T) {
 	report, err := tt.Reconciler.Run(ctx, jobs.ReconcileOpts{})
 	require.NoError(t, err)
 	require.EqualValues(t, len(want)+1, report.Repaired)
-	tt.WaitSynced(t, 15*time.Second) // the stalled key's requeued job
+	tt.WaitSynced(t, 15*time.Second) // the waiting key's job, on its next retry
 	tt.RequireInSync(t)
 	require.True(t, tt.CanView(t, "late", pool.ID))
 	require.True(t, tt.CanView(t, "manual@example.org", pool.ID))

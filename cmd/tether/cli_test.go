@@ -329,15 +329,20 @@ func TestServe(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	// The store is empty: serve runs, but is not ready until the schema is there.
-	status, body, err := get("/readyz", "")
-	require.NoError(t, err)
-	require.Equal(t, http.StatusServiceUnavailable, status, body)
-	require.Contains(t, body, "schema missing")
-	testenv.SpiceDB(t, e.spiceDB())
-	status, body, err = get("/readyz", "")
-	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, status, body)
+	// The store is empty: serve writes the schema itself (no migrate up, no
+	// reconcile) and becomes ready within seconds.
+	var status int
+	var body string
+	var err error
+	require.Eventually(t, func() bool {
+		status, body, err = get("/readyz", "")
+		return err == nil && status == http.StatusOK
+	}, 15*time.Second, 20*time.Millisecond, "not ready: %d %s %v", status, body, err)
+	// Its watcher runs, and `tether status` says so.
+	require.Eventually(t, func() bool {
+		code, out, _ := runCLI(t, e, "status")
+		return code == 0 && strings.Contains(out, "watch: foreign changes are undone within seconds")
+	}, 15*time.Second, 100*time.Millisecond)
 
 	// A token from `tether token` is accepted by the server.
 	code, tok, errOut := runCLI(t, e, "token", "--sub", "alice")
@@ -419,7 +424,7 @@ func TestReconcile(t *testing.T) {
 	code, stdout, stderr := runCLI(t, e, "status")
 	require.Equal(t, 0, code, "stdout: %s\nstderr: %s", stdout, stderr)
 	for _, want := range []string{"MIGRATIONS", "JOBS BY STATE", "FAILING JOBS", "WORKERS", "(no worker has run)", "SYNC",
-		"LAST RECONCILE", "0 missing, 1 extra", "dry run", "oldest unapplied revocation"} {
+		"LAST RECONCILE", "0 missing, 1 extra", "dry run", "oldest unapplied revocation", "SPICEDB REPAIR", "starting: no watcher has run yet"} {
 		require.Contains(t, stdout, want)
 	}
 

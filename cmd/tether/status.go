@@ -15,6 +15,7 @@ import (
 	"github.com/tetherhq/tether/db/dbsqlc"
 	"github.com/tetherhq/tether/internal/config"
 	"github.com/tetherhq/tether/internal/engine"
+	"github.com/tetherhq/tether/jobs"
 	"github.com/tetherhq/tether/jobs/spicedb"
 	"github.com/tetherhq/tether/migrations"
 )
@@ -63,7 +64,7 @@ func runStatus(ctx context.Context, getenv func(string) string, stdout io.Writer
 	defer d.close()
 	r := &statusReport{w: tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0), pool: d.pool, spice: d.spice}
 	r.services(ctx, d.cfg)
-	for _, section := range []func(context.Context) error{r.migrations, r.queue, r.failingJobs, r.workers, r.sync, r.lastReconcile} {
+	for _, section := range []func(context.Context) error{r.migrations, r.queue, r.failingJobs, r.workers, r.sync, r.repairMode, r.lastReconcile} {
 		if err := section(ctx); err != nil {
 			return err
 		}
@@ -260,6 +261,38 @@ func (r *statusReport) workers(ctx context.Context) error {
 	}
 	if n == 0 {
 		fmt.Fprintln(r.w, "  (no worker has run)")
+	}
+	return nil
+}
+
+// repairMode says how foreign changes to SpiceDB are repaired right now, as
+// the process holding the watch lease last recorded it.
+func (r *statusReport) repairMode(ctx context.Context) error {
+	r.section("spicedb repair")
+	st, err := dbsqlc.New().WatchStateGet(ctx, r.pool)
+	if err != nil {
+		return fmt.Errorf("error reading the watcher's state: %w", err)
+	}
+	meaning := map[string]string{
+		jobs.WatchModeWatch:        "watch: foreign changes are undone within seconds",
+		jobs.WatchModePeriodic:     "periodic reconcile only: SpiceDB offers no Watch (on its Postgres datastore set track_commit_timestamp = on)",
+		jobs.WatchModeReconnecting: "reconnecting: the watch stream broke",
+		jobs.WatchModeStarting:     "starting: no watcher has run yet",
+	}[st.Mode]
+	fmt.Fprintf(r.w, "  mode\t%s (for %s)\n", meaning, time.Since(st.ModeSince).Round(time.Second))
+	if st.ModeReason != nil {
+		fmt.Fprintf(r.w, "  reason\t%s\n", *st.ModeReason)
+	}
+	if st.Holder != nil && st.HeartbeatAt != nil {
+		beat := time.Since(*st.HeartbeatAt).Round(time.Second)
+		note := ""
+		if beat > 30*time.Second {
+			note = " (stale: no process holds the watch lease; are the workers running?)"
+		}
+		fmt.Fprintf(r.w, "  watcher\t%s, last heartbeat %s ago%s\n", *st.Holder, beat, note)
+	}
+	if st.CursorAt != nil {
+		fmt.Fprintf(r.w, "  last revision saved\t%s ago\n", time.Since(*st.CursorAt).Round(time.Second))
 	}
 	return nil
 }

@@ -202,6 +202,22 @@ type RiverJob struct {
 	UniqueStates pgtype.Bits
 }
 
+type SpicedbWatch struct {
+	ID          bool
+	Cursor      *string
+	CursorAt    *time.Time
+	Mode        string
+	ModeReason  *string
+	ModeSince   time.Time
+	Holder      *string
+	HeartbeatAt *time.Time
+}
+
+type SpicedbWriteKey struct {
+	ID     bool
+	Secret []byte
+}
+
 type SyncState struct {
 	Kind               string
 	KeyID              string

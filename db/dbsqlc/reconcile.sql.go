@@ -187,6 +187,28 @@ func (q *Queries) ReconcileRunLatest(ctx context.Context, db DBTX) (*ReconcileRu
 	return &i, err
 }
 
+const reconcileRunLatestRepair = `-- name: ReconcileRunLatestRepair :one
+SELECT id, started_at, finished_at, dry_run, checked, missing, extra, repaired, error FROM reconcile_runs WHERE NOT dry_run AND error IS NULL ORDER BY id DESC LIMIT 1
+`
+
+// The newest reconcile that repaired (not a dry run) and succeeded.
+func (q *Queries) ReconcileRunLatestRepair(ctx context.Context, db DBTX) (*ReconcileRun, error) {
+	row := db.QueryRow(ctx, reconcileRunLatestRepair)
+	var i ReconcileRun
+	err := row.Scan(
+		&i.ID,
+		&i.StartedAt,
+		&i.FinishedAt,
+		&i.DryRun,
+		&i.Checked,
+		&i.Missing,
+		&i.Extra,
+		&i.Repaired,
+		&i.Error,
+	)
+	return &i, err
+}
+
 const reconcileUnlock = `-- name: ReconcileUnlock :one
 SELECT pg_advisory_unlock($1::bigint)
 `

@@ -48,3 +48,7 @@ RETURNING *;
 
 -- name: ReconcileRunLatest :one
 SELECT * FROM reconcile_runs ORDER BY id DESC LIMIT 1;
+
+-- name: ReconcileRunLatestRepair :one
+-- The newest reconcile that repaired (not a dry run) and succeeded.
+SELECT * FROM reconcile_runs WHERE NOT dry_run AND error IS NULL ORDER BY id DESC LIMIT 1;

@@ -127,7 +127,7 @@ func (e *Engine) buildSync() error {
 	clientCfg := jobs.ClientConfig{
 		Work: e.Role.works(), MaxWorkers: cfg.MaxWorkers, FetchCooldown: cfg.FetchCooldown, FetchPollInterval: cfg.FetchPollInterval,
 		JobTimeout: cfg.JobTimeout, RescueStuckJobsAfter: cfg.RescueStuckJobsAfter, ReconcileInterval: cfg.ReconcileInterval,
-		WorkerLeaseTTL: cfg.WorkerLeaseTTL, Logger: e.opts.RiverLogger,
+		WorkerLeaseTTL: cfg.WorkerLeaseTTL, Logger: e.opts.RiverLogger, Heal: jobs.DefaultHealConfig(),
 	}
 	if e.Tracer != nil {
 		clientCfg.Plugins = append(clientCfg.Plugins, telemetry.RiverPlugin(e.Tracer))

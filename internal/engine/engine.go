@@ -128,8 +128,10 @@ type Engine struct {
 	httpErr    chan error
 	addr       net.Addr
 	closers    []func()
-	stopOnce   sync.Once
-	stopErr    error
+	// stopHealing stops the healer (watcher, restores, reschedules).
+	stopHealing func()
+	stopOnce    sync.Once
+	stopErr     error
 }
 
 type starter interface{ Start(context.Context) error }
@@ -191,6 +193,9 @@ func (e *Engine) Start(ctx context.Context) error {
 		if err := e.startRiver(e.runCtx); err != nil {
 			return err
 		}
+		// Watch SpiceDB (if this process wins the lease), restore a lost
+		// store, reschedule waiting jobs after an outage.
+		e.stopHealing = sync.OnceFunc(e.Syncer.StartHealing(e.runCtx))
 	}
 	if e.opts.Listen && e.Server != nil {
 		return e.listen()
@@ -234,6 +239,7 @@ func (e *Engine) stop(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("HTTP shutdown incomplete: %w", err))
 		}
 	}
+	e.StopHealing()
 	if e.Role.works() {
 		if err := e.stopRiver(ctx); err != nil {
 			errs = append(errs, err)
@@ -258,6 +264,14 @@ func (e *Engine) stopRiver(ctx context.Context) error {
 		return e.River.StopAndCancel(ctx)
 	}
 	return nil
+}
+
+// StopHealing stops this process's healer, its watch lease with it (another
+// process takes the lease over). Stop does it too.
+func (e *Engine) StopHealing() {
+	if e.stopHealing != nil {
+		e.stopHealing()
+	}
 }
 
 // close releases what New built, newest first.

@@ -12,6 +12,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
@@ -68,6 +69,10 @@ type Config struct {
 // SpiceDB is Tether's client of SpiceDB: the projection it writes.
 type Client struct {
 	client *authzed.Client
+	// keys signs every write as Tether's (see writekey.go).
+	keys writeKeySource
+	// hooks, if set, hear what calls find out about the store (hooks.go).
+	hooks atomic.Pointer[Hooks]
 }
 
 // New connects lazily (gRPC dials on first use).
@@ -218,7 +223,11 @@ func (s *Client) Write(ctx context.Context, updates []Update) (string, error) {
 	updates = NormalizeUpdates(updates)
 	var token string
 	for chunk := range slices.Chunk(updates, MaxUpdatesPerWrite) {
-		req := &v1.WriteRelationshipsRequest{Updates: make([]*v1.RelationshipUpdate, len(chunk))}
+		meta, err := s.writeMetadata(ctx)
+		if err != nil {
+			return "", err
+		}
+		req := &v1.WriteRelationshipsRequest{Updates: make([]*v1.RelationshipUpdate, len(chunk)), OptionalTransactionMetadata: meta}
 		for i, u := range chunk {
 			op := v1.RelationshipUpdate_OPERATION_TOUCH
 			if u.Delete {
@@ -228,6 +237,7 @@ func (s *Client) Write(ctx context.Context, updates []Update) (string, error) {
 		}
 		resp, err := s.client.WriteRelationships(ctx, req)
 		if err != nil {
+			s.reportFailure(err)
 			return "", fmt.Errorf("error writing %d relationships to SpiceDB: %w", len(chunk), err)
 		}
 		token = resp.GetWrittenAt().GetToken()

@@ -38,6 +38,10 @@ type Options struct {
 	// Fast turns off fsync and friends: for tests and benchmarks, never for
 	// data you want to keep across a crash.
 	Fast bool
+	// CommitTimestampsOff starts Postgres without track_commit_timestamp,
+	// which SpiceDB's Watch needs on its Postgres datastore: only for the
+	// test of Tether's behaviour where Watch is unavailable.
+	CommitTimestampsOff bool
 	// SkipPostgres / SkipSpiceDB leave a service to the caller (it was
 	// configured from the environment).
 	SkipPostgres, SkipSpiceDB bool
@@ -215,7 +219,10 @@ func (s *Stack) startPostgres(ctx context.Context) error {
 // until it accepts connections (the caller records the process).
 func (s *Stack) launchPostgres(ctx context.Context, binDir string, cred *syscall.Credential, port int) (*exec.Cmd, error) {
 	args := []string{"-D", filepath.Join(s.opts.Dir, "postgres"), "-p", strconv.Itoa(port), "-c", "listen_addresses=127.0.0.1",
-		"-c", "unix_socket_directories=", "-c", "max_connections=500", "-c", "shared_buffers=256MB"}
+		"-c", "unix_socket_directories=", "-c", "max_connections=500", "-c", "shared_buffers=256MB",
+		// SpiceDB's Watch on its Postgres datastore needs commit timestamps:
+		// without them Tether repairs foreign writes only periodically.
+		"-c", "track_commit_timestamp=" + onOff(!s.opts.CommitTimestampsOff)}
 	if s.opts.Fast {
 		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
 	}
@@ -245,6 +252,13 @@ func (s *Stack) launchPostgres(ctx context.Context, binDir string, cred *syscall
 		return nil, fmt.Errorf("Postgres did not come up (log: %s): %w", logFile.Name(), err)
 	}
 	return cmd, nil
+}
+
+func onOff(on bool) string {
+	if on {
+		return "on"
+	}
+	return "off"
 }
 
 func chownForPostgres(dir string, cred *syscall.Credential) error {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -34,6 +35,23 @@ type SpiceDBProcess struct {
 // (a restart wipes schema and data).
 func StartSpiceDBProcess(tb testing.TB, onPostgres bool) *SpiceDBProcess {
 	tb.Helper()
+	if onPostgres {
+		return StartSpiceDBProcessOn(tb, adminURL)
+	}
+	return startSpiceDBProcess(tb, "")
+}
+
+// StartSpiceDBProcessOn starts a SpiceDB on a fresh database of the
+// Postgres cluster that clusterAdminURL reaches as superuser (one started
+// with other settings than the test cluster's).
+func StartSpiceDBProcessOn(tb testing.TB, clusterAdminURL string) *SpiceDBProcess {
+	tb.Helper()
+	return startSpiceDBProcess(tb, clusterAdminURL)
+}
+
+func startSpiceDBProcess(tb testing.TB, clusterAdminURL string) *SpiceDBProcess {
+	tb.Helper()
+	onPostgres := clusterAdminURL != ""
 	bin, err := devstack.SpiceDBBin()
 	if err != nil {
 		tb.Fatal(err)
@@ -52,7 +70,7 @@ func StartSpiceDBProcess(tb testing.TB, onPostgres bool) *SpiceDBProcess {
 	l2.Close()
 	p := &SpiceDBProcess{tb: tb, bin: bin, endpoint: endpoint, token: "key-" + devstack.RandomSecret()}
 	if onPostgres {
-		uri := emptyDatabase(tb)
+		uri := emptyDatabase(tb, clusterAdminURL)
 		out, err := exec.Command(bin, "datastore", "migrate", "head", "--skip-release-check",
 			"--datastore-engine", "postgres", "--datastore-conn-uri", uri).CombinedOutput()
 		if err != nil {
@@ -116,12 +134,13 @@ func (p *SpiceDBProcess) Stop() {
 	p.cmd = nil
 }
 
-// emptyDatabase creates an empty database in the test cluster.
-func emptyDatabase(tb testing.TB) string {
+// emptyDatabase creates an empty database in the cluster clusterAdminURL
+// reaches.
+func emptyDatabase(tb testing.TB, clusterAdminURL string) string {
 	tb.Helper()
 	ctx := context.Background()
 	name := fmt.Sprintf("e_%d_%d", time.Now().UnixNano(), os.Getpid())
-	conn, err := pgx.Connect(ctx, adminURL)
+	conn, err := pgx.Connect(ctx, clusterAdminURL)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -130,12 +149,13 @@ func emptyDatabase(tb testing.TB) string {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), adminURL)
+		c, err := pgx.Connect(context.Background(), clusterAdminURL)
 		if err != nil {
 			return
 		}
 		defer c.Close(context.Background())
 		_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
 	})
-	return databaseURL(name)
+	i := strings.LastIndex(clusterAdminURL, "/postgres")
+	return clusterAdminURL[:i] + "/" + name + clusterAdminURL[i+len("/postgres"):]
 }

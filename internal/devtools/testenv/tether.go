@@ -67,6 +67,10 @@ type TetherOpts struct {
 	// TracerProvider traces the engine (an SDK provider with an in-memory
 	// exporter: see NewSpanRecorder).
 	TracerProvider trace.TracerProvider
+	// Heal runs production's self-healing (watcher, restores, reschedules
+	// after outages); off by default so that tests of the reconciler and
+	// of stalls run alone.
+	Heal bool
 }
 
 // TestKeyRing is a fixed key ring for tests.
@@ -152,7 +156,13 @@ func startEngine(tb testing.TB, cfg *config.Config, opts TetherOpts, role engine
 		}
 	}
 	e, err := engine.New(context.Background(), cfg, engine.Options{
-		Role: role, Logger: logger, CancelJobsOnStop: true, OAuthTimeout: 5 * time.Second, Client: opts.Client, TracerProvider: opts.TracerProvider,
+		Role: role, Logger: logger, CancelJobsOnStop: true, OAuthTimeout: 5 * time.Second, TracerProvider: opts.TracerProvider,
+		Client: func(c *jobs.ClientConfig) {
+			c.Heal.Enabled = opts.Heal
+			if opts.Client != nil {
+				opts.Client(c)
+			}
+		},
 		SpiceDB: func(c *spicedb.Config) { c.DialOptions = spiceCfg.DialOptions },
 	})
 	if err != nil {
