@@ -78,13 +78,13 @@ func rel(resourceType string, resourceID any, relation, subjectType, subjectID s
 func (b *healBundle) foreignWrites() []spicedb.Update {
 	gpu, manual, public := b.pools["gpu"].ID, b.pools["manual"].ID, b.pools["public"].ID
 	return []spicedb.Update{
-		{Relationship: rel(spicedb.TypeResourcePool, gpu, spicedb.RelViewer, spicedb.TypeUser, "mallory")},                       // intruder viewer
-		{Relationship: rel(spicedb.TypeOAuth2Client, providerID, spicedb.RelConnected, spicedb.TypeUser, "nobody")},              // no such connection (no sync_state row)
-		{Relationship: rel(spicedb.TypeOAuth2Client, providerID, spicedb.RelConnected, spicedb.TypeUser, "alice"), Delete: true}, // a real connection
-		{Relationship: rel(spicedb.TypeResourcePool, manual, spicedb.RelProvider, spicedb.TypeOAuth2Client, providerID)},         // link on an unlinked pool
-		{Relationship: rel(spicedb.TypeResourcePool, public, spicedb.RelViewer, spicedb.TypeUser, spicedb.Wildcard), Delete: true},  // public pool's wildcard
-		{Relationship: rel(spicedb.TypeResourcePool, "0042", spicedb.RelViewer, spicedb.TypeUser, "mallory")},                    // a pool id Tether never makes
-		{Relationship: rel(spicedb.TypeOAuth2Client, providerID, spicedb.RelConnected, spicedb.TypeUser, "/bm90LWNhbm9uaWNhbA")}, // a non-canonical subject
+		{Relationship: rel(spicedb.TypeResourcePool, gpu, spicedb.RelViewer, spicedb.TypeUser, "mallory")},                         // intruder viewer
+		{Relationship: rel(spicedb.TypeOAuth2Client, providerID, spicedb.RelConnected, spicedb.TypeUser, "nobody")},                // no such connection (no sync_state row)
+		{Relationship: rel(spicedb.TypeOAuth2Client, providerID, spicedb.RelConnected, spicedb.TypeUser, "alice"), Delete: true},   // a real connection
+		{Relationship: rel(spicedb.TypeResourcePool, manual, spicedb.RelProvider, spicedb.TypeOAuth2Client, providerID)},           // link on an unlinked pool
+		{Relationship: rel(spicedb.TypeResourcePool, public, spicedb.RelViewer, spicedb.TypeUser, spicedb.Wildcard), Delete: true}, // public pool's wildcard
+		{Relationship: rel(spicedb.TypeResourcePool, "0042", spicedb.RelViewer, spicedb.TypeUser, "mallory")},                      // a pool id Tether never makes
+		{Relationship: rel(spicedb.TypeOAuth2Client, providerID, spicedb.RelConnected, spicedb.TypeUser, "/bm90LWNhbm9uaWNhbA")},   // a non-canonical subject
 	}
 }
 

@@ -76,4 +76,3 @@ func (s *Client) reportStoreLost(trigger string) {
 		h.StoreLost(trigger)
 	}
 }
-
