@@ -59,10 +59,31 @@ type ReconcileReport struct {
 	// under the repair or stalled, whose sync job was inserted again.
 	Repaired int64 `json:"repaired"`
 	Requeued int64 `json:"requeued"`
+	// Imported counts relationships restored by bulk import (into a store
+	// that held none); ImportFallbacks pages that conflicted and were
+	// written with TOUCH instead.
+	Imported        int64 `json:"imported,omitempty"`
+	ImportFallbacks int64 `json:"import_fallbacks,omitempty"`
+	// PhaseSeconds is where the time went (export, diff, write, recheck,
+	// requeue, ...).
+	PhaseSeconds map[string]float64 `json:"phase_seconds,omitempty"`
+	lapAt        time.Time
 	// Skipped: UnlessRunSince found the work done by another run.
 	Skipped bool `json:"skipped,omitempty"`
 
 	pendingTouches int64
+}
+
+// lap adds the time since the previous lap to phase.
+func (r *ReconcileReport) lap(phase string) {
+	now := time.Now()
+	if r.PhaseSeconds == nil {
+		r.PhaseSeconds = map[string]float64{}
+	}
+	if !r.lapAt.IsZero() {
+		r.PhaseSeconds[phase] += now.Sub(r.lapAt).Seconds()
+	}
+	r.lapAt = now
 }
 
 // Drift is the number of relationships out of step on settled keys.
@@ -143,6 +164,7 @@ func (r *Reconciler) Run(ctx context.Context, opts ReconcileOpts) (*ReconcileRep
 
 func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bool, progress func(string, int64)) error {
 	q := dbsqlc.New()
+	report.lap("")
 	schema, err := r.SpiceDB.CheckSchema(ctx)
 	if err != nil {
 		return err
@@ -155,6 +177,7 @@ func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bo
 		}
 	}
 
+	report.lap("schema")
 	if err := q.ReconcileClear(ctx, r.DB); err != nil {
 		return fmt.Errorf("error clearing reconcile tables: %w", err)
 	}
@@ -179,6 +202,7 @@ func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bo
 			return err
 		}
 	}
+	report.lap("export")
 	if _, err := r.DB.Exec(ctx, "ANALYZE reconcile_actual"); err != nil {
 		return fmt.Errorf("error analyzing reconcile table: %w", err)
 	}
@@ -189,91 +213,18 @@ func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bo
 		return fmt.Errorf("error computing drift: %w", err)
 	}
 	progress("diff", report.Desired)
+	report.lap("diff")
 
-	var afterID int64
-	for {
-		page, err := q.ReconcileDiffPage(ctx, r.DB, &dbsqlc.ReconcileDiffPageParams{AfterID: afterID, MaxRows: spicedb.MaxUpdatesPerWrite})
-		if err != nil {
-			return fmt.Errorf("error reading drift: %w", err)
-		}
-		if len(page) == 0 {
-			break
-		}
-		afterID = page[len(page)-1].ID
-		if err := r.repairPage(ctx, report, page, dryRun); err != nil {
-			return err
-		}
-		progress("repair", report.Repaired+report.Missing+report.Extra+report.Pending)
-	}
-	if dryRun {
-		return nil
-	}
-	return r.requeueStalled(ctx, report)
-}
-
-func (r *Reconciler) repairPage(ctx context.Context, report *ReconcileReport, page []*dbsqlc.ReconcileDiff, dryRun bool) error {
-	updates := make([]spicedb.Update, 0, len(page))
-	kinds := make([]string, 0, len(page))
-	keyIDs := make([]string, 0, len(page))
-	generations := make([]int64, 0, len(page))
-	for _, d := range page {
-		switch {
-		case d.Pending:
-			report.Pending++
-			if d.Operation == "touch" {
-				report.pendingTouches++
-			}
-		case d.Operation == "touch":
-			report.Missing++
-		default:
-			report.Extra++
-		}
-		updates = append(updates, spicedb.Update{
-			Relationship: spicedb.Relationship{ResourceType: d.ResourceType, ResourceID: d.ResourceID, Relation: d.Relation, SubjectType: d.SubjectType, SubjectID: d.SubjectID},
-			Delete:       d.Operation == "delete",
-		})
-		kinds = append(kinds, d.KeyKind)
-		keyIDs = append(keyIDs, d.KeyID)
-		generations = append(generations, d.Generation)
-	}
-	if dryRun {
-		return nil
-	}
-	if err := writeRetrying(ctx, r.SpiceDB, updates); err != nil {
+	if err := r.repairAll(ctx, report, dryRun, progress); err != nil {
 		return err
 	}
-	report.Repaired += int64(len(updates))
-	// The repair was computed from a snapshot. A key that changed since then
-	// may have had its newer state written before this repair landed: give it
-	// a sync job, which runs after this write and writes its newest state.
-	changed, err := dbsqlc.New().SyncGenerationsChanged(ctx, r.DB, &dbsqlc.SyncGenerationsChangedParams{
-		Kinds: kinds, KeyIds: keyIDs, Generations: generations,
-	})
-	if err != nil {
-		return fmt.Errorf("error checking keys changed during repair: %w", err)
+	report.lap("repair")
+	if dryRun {
+		return nil
 	}
-	keys := make([]syncKey, 0, len(changed))
-	for _, c := range changed {
-		keys = append(keys, syncKey{c.Kind, c.KeyID})
-	}
-	return r.requeue(ctx, report, keys)
-}
-
-// writeRetrying writes updates, retrying transient failures a few times
-// (TOUCH and DELETE are idempotent): one lost answer must not fail a whole
-// reconcile or restore.
-func writeRetrying(ctx context.Context, spice *spicedb.Client, updates []spicedb.Update) error {
-	for attempt := 1; ; attempt++ {
-		_, err := spice.Write(ctx, updates)
-		if err == nil || attempt == 5 || !spicedb.IsTransient(err) || ctx.Err() != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(Backoff(attempt, time.Second)):
-		}
-	}
+	err = r.requeueStalled(ctx, report)
+	report.lap("requeue stalled")
+	return err
 }
 
 // requeueStalled inserts a job again for keys whose job was cancelled on a
@@ -289,12 +240,15 @@ func (r *Reconciler) requeueStalled(ctx context.Context, report *ReconcileReport
 	for _, row := range rows {
 		keys = append(keys, syncKey{row.Kind, row.KeyID})
 	}
-	return r.requeue(ctx, report, keys)
+	n, err := r.requeue(ctx, keys)
+	report.Requeued += n
+	return err
 }
 
-func (r *Reconciler) requeue(ctx context.Context, report *ReconcileReport, keys []syncKey) error {
+// requeue inserts a sync job for each key, and says how many.
+func (r *Reconciler) requeue(ctx context.Context, keys []syncKey) (int64, error) {
 	if len(keys) == 0 {
-		return nil
+		return 0, nil
 	}
 	seen := map[syncKey]bool{}
 	params := []river.InsertManyParams{}
@@ -312,21 +266,20 @@ func (r *Reconciler) requeue(ctx context.Context, report *ReconcileReport, keys 
 		params = append(params, river.InsertManyParams{Args: args, InsertOpts: &river.InsertOpts{Priority: PriorityRevoke}})
 	}
 	if len(params) == 0 {
-		return nil
+		return 0, nil
 	}
 	tx, err := r.DB.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("error beginning requeue transaction: %w", err)
+		return 0, fmt.Errorf("error beginning requeue transaction: %w", err)
 	}
 	defer tx.Rollback(ctx)
 	if _, err := r.Enqueuer.River.InsertManyTx(ctx, tx, params); err != nil {
-		return fmt.Errorf("error requeueing sync jobs: %w", err)
+		return 0, fmt.Errorf("error requeueing sync jobs: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("error committing requeued jobs: %w", err)
+		return 0, fmt.Errorf("error committing requeued jobs: %w", err)
 	}
-	report.Requeued += int64(len(params))
-	return nil
+	return int64(len(params)), nil
 }
 
 func argsForKey(k syncKey) (river.JobArgs, error) {

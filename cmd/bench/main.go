@@ -69,6 +69,7 @@ var scenarios = []scenario{
 	{"6", "reconcile at scale", scenarioReconcile},
 	{"7", "heal after outage", scenarioHeal},
 	{"8", "scale-out: worker processes", scenarioScaleOut},
+	{"9", "wipe under load", scenarioWipe},
 }
 
 func run(ctx context.Context) error {

@@ -64,8 +64,9 @@ func scenarioHeal(ctx context.Context, b *bench) ([]Metric, error) {
 	}
 	heal := time.Since(back)
 
-	// Baseline: the same backlog queued with no worker running, then drained.
-	q, err := b.engine(ctx, engineOpts{})
+	// Baseline: the same backlog queued with no worker running, then drained
+	// (no healer: its first restore would run during the drain).
+	q, err := b.engine(ctx, engineOpts{noHeal: true})
 	if err != nil {
 		return nil, err
 	}
@@ -88,5 +89,6 @@ func scenarioHeal(ctx context.Context, b *bench) ([]Metric, error) {
 	drain := time.Since(started)
 	return []Metric{{Name: fmt.Sprintf("heal after a %s SpiceDB outage (%d changes queued): return → all applied", outage, n),
 		Value: heal.Seconds(), Unit: "s", Baseline: "draining the same backlog with SpiceDB up", BaselineValue: drain.Seconds(),
-		Ratio: ratio(heal.Seconds(), drain.Seconds()), Target: "≤ 15 s", Pass: passIf(heal <= 15*time.Second)}}, nil
+		Ratio: ratio(heal.Seconds(), drain.Seconds()), Target: "≤ 15 s and ≤ 2× the drain",
+		Pass: passIf(heal <= 15*time.Second && heal.Seconds() <= 2*drain.Seconds())}}, nil
 }

@@ -190,6 +190,7 @@ type engineOpts struct {
 	riverDefaults bool // River's FetchCooldown 100 ms / FetchPollInterval 1 s, no group commit
 	http          bool
 	maxWorkers    int
+	noHeal        bool // no watcher, restores or reschedules (a baseline without them)
 }
 
 // engine is Tether in-process, wired as `tether serve` wires it (by the
@@ -207,6 +208,7 @@ type engine struct {
 	svc        *app.Service
 	url        string
 	applied    sync.Map // "kind/keyID" → func(token string)
+	opts       engineOpts
 	closers    []func()
 }
 
@@ -219,7 +221,7 @@ func (b *bench) engine(ctx context.Context, o engineOpts) (*engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &engine{b: b, dbURL: dbURL, proc: proc}
+	e := &engine{b: b, dbURL: dbURL, proc: proc, opts: o}
 	e.closers = append(e.closers, proc.stop)
 	e.cfg, err = b.config(dbURL, proc, o)
 	if err != nil {
@@ -284,6 +286,7 @@ func (b *bench) config(dbURL string, proc *spiceProcess, o engineOpts) (*config.
 func (e *engine) start(ctx context.Context, role tengine.Role) (*tengine.Engine, error) {
 	t, err := tengine.New(ctx, e.cfg, tengine.Options{
 		Role: role, PoolConfig: poolKnobs, CancelJobsOnStop: true, OAuthTimeout: 5 * time.Second,
+		Client: func(c *jobs.ClientConfig) { c.Heal.Enabled = !e.opts.noHeal },
 		OnApplied: func(kind, keyID, token string, writtenAt time.Time) {
 			if f, ok := e.applied.Load(kind + "/" + keyID); ok {
 				f.(func(string, time.Time))(token, writtenAt)
