@@ -246,11 +246,12 @@ func (h *Healer) restoredSince(t time.Time) bool {
 // outageLoop waits for a write that could not reach SpiceDB, then probes
 // until SpiceDB answers and makes every sync job waiting out a retry backoff
 // available at once: the backlog drains at the speed of the workers, not of
-// each job's backoff. Reschedules are spaced out (doubling while SpiceDB
-// keeps failing writes soon after answering probes) so that a SpiceDB that
-// answers reads but refuses writes does not turn backoff into a busy loop.
+// each job's backoff. A SpiceDB that answers probes but keeps failing writes
+// would turn that into a busy loop (every reschedule runs every waiting job
+// once more), so after three reschedules within 30 s the next ones are
+// spaced out, 1 s doubling to the retry backoff's cap.
 func (h *Healer) outageLoop(ctx context.Context) {
-	spacing, last := time.Duration(0), time.Time{}
+	var recent []time.Time // reschedules in the last 30 s
 	for {
 		select {
 		case <-ctx.Done():
@@ -260,19 +261,16 @@ func (h *Healer) outageLoop(ctx context.Context) {
 		if !h.waitForSpiceDB(ctx) {
 			return
 		}
-		if since := time.Since(last); since < 30*time.Second {
-			spacing = min(max(2*spacing, 500*time.Millisecond), h.syncer.MaxBackoff)
-		} else {
-			spacing = 0
-		}
-		if wait := time.Until(last.Add(spacing)); wait > 0 {
+		recent = slices.DeleteFunc(recent, func(t time.Time) bool { return time.Since(t) > 30*time.Second })
+		if n := len(recent); n >= 3 {
+			spacing := min(time.Second<<min(n-3, 10), h.syncer.MaxBackoff)
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(wait):
+			case <-time.After(time.Until(recent[n-1].Add(spacing))):
 			}
 		}
-		last = time.Now()
+		recent = append(recent, time.Now())
 		if _, err := h.reschedule(ctx); err != nil && ctx.Err() == nil {
 			h.syncer.Logger.WarnContext(ctx, "error rescheduling sync jobs after an outage", "error", err)
 		}

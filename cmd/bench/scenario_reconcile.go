@@ -182,7 +182,7 @@ func (r reconcileRuns) metrics(label string, removed int, readBoth time.Duration
 	return []Metric{
 		{Name: "reconcile, no drift (" + label + ")", Value: s(clean.took), Unit: "s", Baseline: "reading both sides only (export + desired count)",
 			BaselineValue: s(readBoth), Ratio: ratio(s(clean.took), s(readBoth)), Target: "≤ 60 s and ≤ 2× the baseline",
-			Pass: passIf(s(clean.took) <= 60 && s(clean.took) <= 2*s(readBoth) && clean.code == 0 && clean.report.Drift() == 0),
+			Pass:  passIf(s(clean.took) <= 60 && s(clean.took) <= 2*s(readBoth) && clean.code == 0 && clean.report.Drift() == 0),
 			Notes: []string{fmt.Sprintf("checked %d, drift %d, exit %d", clean.report.Checked, clean.report.Drift(), clean.code)}},
 		{Name: "reconcile, 1% drift (" + label + ")", Value: s(repair.took), Unit: "s", Baseline: "reading both sides only",
 			BaselineValue: s(readBoth), Ratio: ratio(s(repair.took), s(readBoth)), Target: "≤ 60 s",
@@ -190,7 +190,7 @@ func (r reconcileRuns) metrics(label string, removed int, readBoth time.Duration
 			Notes: []string{fmt.Sprintf("repaired %d of %d removed; dry run after: drift %d", repair.report.Repaired, removed, after.report.Drift())}},
 		{Name: "restore from an empty SpiceDB (" + label + ")", Value: s(restore.took), Unit: "s", Baseline: "reading both sides only",
 			BaselineValue: s(readBoth), Ratio: ratio(s(restore.took), s(readBoth)), Target: "≤ 3× the baseline",
-			Pass:  passIf(s(restore.took) <= 3*s(readBoth) && restore.report.Repaired == restore.report.Desired),
+			Pass: passIf(s(restore.took) <= 3*s(readBoth) && restore.report.Repaired == restore.report.Desired),
 			Notes: []string{fmt.Sprintf("repaired %d (%d by bulk import, %d pages fell back to TOUCH); phases %s",
 				restore.report.Repaired, restore.report.Imported, restore.report.ImportFallbacks, phases(restore.report.PhaseSeconds))}},
 		{Name: "peak RSS of the reconciling process, 1% drift", Value: repair.rssMB, Unit: "MB", Baseline: "peak RSS, no drift",
