@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/tetherhq/tether/app"
 	"github.com/tetherhq/tether/internal/config"
@@ -350,4 +352,45 @@ func TestWatcherLeaseChangesHands(t *testing.T) {
 	require.Zero(t, testenv.Sum(mb.Heal.Restores), "B resumed from A's revision: nothing to restore")
 	require.Equal(t, "process-b", *b.WatchState(t).Holder)
 	require.False(t, b.CanView(t, "mallory", pool.ID))
+}
+
+// TestReplayedMetadataIsForeign: anyone who can watch SpiceDB can read the
+// metadata of Tether's writes. Copied onto an intruder's write it does not
+// make the intruder Tether: the watcher accepts each signed nonce once, and
+// the original came first, so the copy is foreign and undone.
+func TestReplayedMetadataIsForeign(t *testing.T) {
+	t.Parallel()
+	b := setupHeal(t, testenv.StartSpiceDBProcess(t, false), nil)
+	b.tt.WaitWatchMode(t, jobs.WatchModeWatch, repairDeadline)
+	ctx, cancel := context.WithTimeout(context.Background(), repairDeadline)
+	defer cancel()
+	// The eavesdropper watches, Tether writes, the eavesdropper copies.
+	stream, err := b.foreign.Watch(ctx, "")
+	require.NoError(t, err)
+	b.tt.Connect(t, "carol", providerID)
+	var stolen *structpb.Struct
+	for stolen == nil {
+		m, err := stream.Recv()
+		require.NoError(t, err)
+		if len(m.Changes) > 0 && len(m.Metadata) == 1 {
+			stolen = m.Metadata[0]
+		}
+	}
+	key, err := b.tt.SpiceDB.WriteKey(ctx)
+	require.NoError(t, err)
+	_, signed := key.Verify(stolen)
+	require.True(t, signed, "the copy is of genuine, signed metadata")
+	_, err = b.foreign.Authzed().WriteRelationships(ctx, &v1.WriteRelationshipsRequest{
+		Updates: []*v1.RelationshipUpdate{{Operation: v1.RelationshipUpdate_OPERATION_TOUCH, Relationship: &v1.Relationship{
+			Resource: &v1.ObjectReference{ObjectType: spicedb.TypeResourcePool, ObjectId: fmt.Sprint(b.pools["gpu"].ID)},
+			Relation: spicedb.RelViewer,
+			Subject:  &v1.SubjectReference{Object: &v1.ObjectReference{ObjectType: spicedb.TypeUser, ObjectId: "mallory"}},
+		}}},
+		OptionalTransactionMetadata: stolen,
+	})
+	require.NoError(t, err)
+	took := b.tt.WaitConverged(t, repairDeadline)
+	t.Logf("the replay was undone %s after it landed", took.Round(time.Millisecond))
+	require.Eventually(t, func() bool { return testenv.Sum(b.metrics.Heal.ForeignChanges) == 1 }, repairDeadline, 20*time.Millisecond)
+	require.False(t, b.tt.CanView(t, "mallory", b.pools["gpu"].ID))
 }

@@ -133,15 +133,9 @@ func (r *Reconciler) Run(ctx context.Context, opts ReconcileOpts) (*ReconcileRep
 	}
 	report.StartedAt = time.Now()
 	defer q.ReconcileUnlock(context.WithoutCancel(ctx), lockConn, reconcileLockID) //nolint:errcheck // released with the session anyway
-	if !opts.UnlessRunSince.IsZero() {
-		last, err := q.ReconcileRunLatestRepair(ctx, r.DB)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return nil, fmt.Errorf("error reading the last reconcile: %w", err)
-		}
-		if err == nil && !last.StartedAt.Before(opts.UnlessRunSince) {
-			report.Skipped = true
-			return report, nil
-		}
+	if done, err := r.doneSince(ctx, opts.UnlessRunSince); err != nil || done {
+		report.Skipped = done
+		return report, err
 	}
 
 	runErr := r.run(ctx, report, opts.DryRun, progress)
@@ -160,6 +154,43 @@ func (r *Reconciler) Run(ctx context.Context, opts ReconcileOpts) (*ReconcileRep
 		runErr = fmt.Errorf("error recording reconcile run: %w", err)
 	}
 	return report, runErr
+}
+
+// exportActual copies SpiceDB's relationships into reconcile_actual.
+func (r *Reconciler) exportActual(ctx context.Context, report *ReconcileReport, progress func(string, int64)) error {
+	q := dbsqlc.New()
+	return r.SpiceDB.Export(ctx, func(page []spicedb.Relationship) error {
+		rows := make([]*dbsqlc.ReconcileActualInsertParams, len(page))
+		for i, rel := range page {
+			rows[i] = &dbsqlc.ReconcileActualInsertParams{
+				ResourceType: rel.ResourceType, ResourceID: rel.ResourceID, Relation: rel.Relation,
+				SubjectType: rel.SubjectType, SubjectID: rel.SubjectID,
+			}
+		}
+		n, err := q.ReconcileActualInsert(ctx, r.DB, rows)
+		if err != nil {
+			return fmt.Errorf("error copying SpiceDB relationships: %w", err)
+		}
+		report.Actual += n
+		progress("export", report.Actual)
+		return nil
+	})
+}
+
+// doneSince reports whether a repairing reconcile that started at or after
+// t has succeeded (never, for a zero t).
+func (r *Reconciler) doneSince(ctx context.Context, t time.Time) (bool, error) {
+	if t.IsZero() {
+		return false, nil
+	}
+	last, err := dbsqlc.New().ReconcileRunLatestRepair(ctx, r.DB)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("error reading the last reconcile: %w", err)
+	}
+	return !last.StartedAt.Before(t), nil
 }
 
 func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bool, progress func(string, int64)) error {
@@ -182,23 +213,7 @@ func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bo
 		return fmt.Errorf("error clearing reconcile tables: %w", err)
 	}
 	if schema != spicedb.SchemaMissing {
-		err := r.SpiceDB.Export(ctx, func(page []spicedb.Relationship) error {
-			rows := make([]*dbsqlc.ReconcileActualInsertParams, len(page))
-			for i, rel := range page {
-				rows[i] = &dbsqlc.ReconcileActualInsertParams{
-					ResourceType: rel.ResourceType, ResourceID: rel.ResourceID, Relation: rel.Relation,
-					SubjectType: rel.SubjectType, SubjectID: rel.SubjectID,
-				}
-			}
-			n, err := q.ReconcileActualInsert(ctx, r.DB, rows)
-			if err != nil {
-				return fmt.Errorf("error copying SpiceDB relationships: %w", err)
-			}
-			report.Actual += n
-			progress("export", report.Actual)
-			return nil
-		})
-		if err != nil {
+		if err := r.exportActual(ctx, report, progress); err != nil {
 			return err
 		}
 	}
