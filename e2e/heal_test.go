@@ -277,9 +277,15 @@ func requireReady(t *testing.T, url string, timeout time.Duration) {
 func TestOutageHealsAtTheSpeedOfTheDrain(t *testing.T) {
 	t.Parallel()
 	proc := testenv.StartSpiceDBProcess(t, true) // Postgres datastore: the data survives the restart
-	tt := testenv.StartTether(t, testenv.TetherOpts{Heal: true,
+	logs := &testenv.Buffer{}
+	tt := testenv.StartTether(t, testenv.TetherOpts{Heal: true, Logger: newTestLogger(logs),
 		Config:  func(c *config.Config) { c.RetryMaxBackoff = 10 * time.Second }, // production's
 		SpiceDB: func(c *spicedb.Config) { *c = proc.Config() }})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("engine log:\n%s", logs.String())
+		}
+	})
 	metrics := tt.Metrics
 	tt.Provider(t, providerID)
 	pool := tt.Pool(t, "gpu", providerID, false)
@@ -295,12 +301,24 @@ func TestOutageHealsAtTheSpeedOfTheDrain(t *testing.T) {
 	require.Eventually(t, func() bool { return count(t, tt.DB, waitingJobs) >= 10 }, 30*time.Second, 50*time.Millisecond,
 		"jobs back off while SpiceDB is away")
 	waiting := count(t, tt.DB, waitingJobs)
+	const latestRetry = `SELECT COALESCE(max(scheduled_at), now()) FROM river_job
+		WHERE kind = 'tether.sync_connection' AND state IN ('retryable', 'available')`
+	var ownBackoff time.Time // when the last waiting job would run on its own
+	require.NoError(t, tt.DB.QueryRow(context.Background(), latestRetry).Scan(&ownBackoff))
 	proc.Start()
 	returned := time.Now()
-	took := tt.WaitConverged(t, repairDeadline)
-	t.Logf("%d jobs waiting out their backoff; all applied %s after SpiceDB returned; %v rescheduled",
-		waiting, took.Round(time.Millisecond), testenv.Sum(metrics.Heal.Rescheduled))
-	require.Less(t, time.Since(returned), 3*time.Second, "the backlog must not wait out its backoff")
+	// Once SpiceDB answers, no job is left waiting out a backoff: the healer
+	// made them all available. (How fast they then drain depends on the
+	// machine; that they do is the contract's 15 s.)
+	const backingOff = `SELECT count(*) FROM river_job WHERE kind = 'tether.sync_connection'
+		AND state IN ('retryable', 'available') AND scheduled_at > now() + interval '1 second'`
+	require.Eventually(t, func() bool { return count(t, tt.DB, backingOff) == 0 }, 5*time.Second, 20*time.Millisecond,
+		"jobs still wait out their backoff after SpiceDB returned")
+	rescheduledAfter := time.Since(returned)
+	tt.WaitConverged(t, repairDeadline)
+	t.Logf("%d jobs waiting out their backoff, the last due %s after SpiceDB returned; all available %s and all applied %s after it; %v rescheduled",
+		waiting, ownBackoff.Sub(returned).Round(time.Millisecond), rescheduledAfter.Round(time.Millisecond),
+		time.Since(returned).Round(time.Millisecond), testenv.Sum(metrics.Heal.Rescheduled))
 	require.Positive(t, testenv.Sum(metrics.Heal.Rescheduled))
 	require.True(t, tt.CanView(t, "outage-0", pool.ID))
 }
