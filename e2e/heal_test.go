@@ -134,6 +134,9 @@ func TestOwnWritesAreNotForeign(t *testing.T) {
 	t.Parallel()
 	b := setupHeal(t, testenv.StartSpiceDBProcess(t, false), nil)
 	b.tt.WaitWatchMode(t, jobs.WatchModeWatch, repairDeadline)
+	// (At start the watcher may have found the new store without schema,
+	// before the test wrote it: a restore then is right, and not counted.)
+	lostBefore := testenv.Sum(b.metrics.Heal.Restores.WithLabelValues(jobs.TriggerWatchStore))
 	w := newWorkload(t, serviceOps{svc: b.tt.Service}, []*app.Pool{b.pools["gpu"], b.pools["manual"], b.pools["public"]}, 4, 4, "steady")
 	w.start()
 	w.waitAcked(t, 200, "a steady run of Tether's own writes")
@@ -152,7 +155,7 @@ func TestOwnWritesAreNotForeign(t *testing.T) {
 	require.Positive(t, testenv.Sum(b.metrics.Heal.WatchChanges.WithLabelValues("tether")))
 	require.Equal(t, 1.0, testenv.Sum(b.metrics.Heal.ForeignChanges), "only Tether wrote (and the marker): no other change may count as foreign")
 	require.Equal(t, 1.0, testenv.Sum(b.metrics.Heal.ForeignRepaired))
-	require.Zero(t, testenv.Sum(b.metrics.Heal.Restores.WithLabelValues(jobs.TriggerWatchStore)))
+	require.Equal(t, lostBefore, testenv.Sum(b.metrics.Heal.Restores.WithLabelValues(jobs.TriggerWatchStore)), "the store was never lost")
 }
 
 // TestWatchUnavailable: SpiceDB on a Postgres without
