@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tetherhq/tether/db/dbsqlc"
 	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
@@ -297,20 +298,11 @@ func (h *Healer) waitForSpiceDB(ctx context.Context) bool {
 // syncJobKinds are the kinds rescheduled after an outage.
 var syncJobKinds = []string{SyncConnectionArgs{}.Kind(), SyncPoolArgs{}.Kind()}
 
-// rescheduleSQL makes sync jobs that wait out a retry backoff available now.
-// River's tables are River's; it offers no bulk retry, and this is the one
-// statement Tether runs on them at run time. A job River fetched meanwhile
-// is running and no longer matches.
-const rescheduleSQL = `UPDATE river_job SET state = 'available', scheduled_at = now()
-WHERE kind = ANY($1::text[])
-  AND (state = 'retryable' OR (state = 'available' AND scheduled_at > now()))`
-
 func (h *Healer) reschedule(ctx context.Context) (int64, error) {
-	tag, err := h.syncer.DB.Exec(ctx, rescheduleSQL, syncJobKinds)
+	n, err := dbsqlc.New().SyncJobsReschedule(ctx, h.syncer.DB, syncJobKinds)
 	if err != nil {
 		return 0, fmt.Errorf("error rescheduling sync jobs: %w", err)
 	}
-	n := tag.RowsAffected()
 	h.syncer.Metrics.observeRescheduled(n)
 	if n > 0 {
 		h.syncer.Logger.InfoContext(ctx, "SpiceDB answers again: rescheduled waiting sync jobs", "jobs", n)

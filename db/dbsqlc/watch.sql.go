@@ -9,6 +9,24 @@ import (
 	"context"
 )
 
+const syncJobsReschedule = `-- name: SyncJobsReschedule :execrows
+UPDATE river_job SET state = 'available', scheduled_at = now()
+WHERE kind = ANY($1::text[])
+  AND (state = 'retryable' OR (state = 'available' AND scheduled_at > now()))
+`
+
+// Makes sync jobs that wait out a retry backoff available now (SpiceDB
+// answers again after an outage, or was just restored). River offers no
+// bulk retry. A job River fetched meanwhile is running and no longer
+// matches; River's producers pick the rest up at their next fetch.
+func (q *Queries) SyncJobsReschedule(ctx context.Context, db DBTX, kinds []string) (int64, error) {
+	result, err := db.Exec(ctx, syncJobsReschedule, kinds)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const watchCursorSave = `-- name: WatchCursorSave :exec
 UPDATE spicedb_watch SET cursor = $1, cursor_at = now(), holder = $2, heartbeat_at = now()
 `

@@ -57,3 +57,12 @@ FROM r;
 SELECT EXISTS (SELECT 1 FROM desired_relationships d
                JOIN sync_state s ON s.kind = d.key_kind AND s.key_id = d.key_id
                WHERE s.applied_generation = s.generation);
+
+-- name: SyncJobsReschedule :execrows
+-- Makes sync jobs that wait out a retry backoff available now (SpiceDB
+-- answers again after an outage, or was just restored). River offers no
+-- bulk retry. A job River fetched meanwhile is running and no longer
+-- matches; River's producers pick the rest up at their next fetch.
+UPDATE river_job SET state = 'available', scheduled_at = now()
+WHERE kind = ANY(@kinds::text[])
+  AND (state = 'retryable' OR (state = 'available' AND scheduled_at > now()));

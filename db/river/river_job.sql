@@ -1,6 +1,6 @@
 -- River's job table as River v0.51.2 creates it (rivermigrate, version 8),
 -- copied here only so that sqlc can type-check Tether's few queries on it
--- (db/queries/lease.sql). River owns and migrates the real table; this file
+-- (db/queries/lease.sql, watch.sql). River owns and migrates the real table; this file
 -- is never run. Check it against `pg_dump -s -t river_job` when upgrading
 -- River.
 CREATE TYPE river_job_state AS ENUM (
