@@ -173,6 +173,9 @@ func startProxiedWorker(t *testing.T, tt *testenv.Tether) *proxiedWorker {
 	throughProxy(t, &w.proxy)(&spice)
 	env := tt.ServeEnv()
 	env["TETHER_SPICEDB_ENDPOINT"] = spice.Endpoint
+	// The revocation must reach SpiceDB through the takeover alone: no
+	// watcher's restore, which is a reconcile, may run in between.
+	env["TETHER_SELF_HEALING"] = "false"
 	w.process = testenv.StartServe(t, env, "--role", "worker")
 	return w
 }

@@ -50,6 +50,11 @@ type Workers struct {
 	// WriteFlushers is how many group-committed SpiceDB writes may be in
 	// flight at once; 0 writes each job's updates on their own.
 	WriteFlushers int
+	// SelfHealing runs, in working processes, the SpiceDB watcher (foreign
+	// writes undone within seconds), restores of a lost store and
+	// reschedules after outages; off leaves all of it to the periodic
+	// reconcile and `tether reconcile`.
+	SelfHealing bool
 }
 
 // Server is the HTTP side of serve.
@@ -107,6 +112,7 @@ func Defaults() Config {
 			ReconcileInterval:    10 * time.Minute,
 			RetryMaxBackoff:      10 * time.Second,
 			WriteFlushers:        4,
+			SelfHealing:          true,
 		},
 		Server: Server{
 			HTTPAddr:        "127.0.0.1:8080",

@@ -57,6 +57,7 @@ func TestLoadParsesValues(t *testing.T) {
 		"TETHER_RESCUE_STUCK_JOBS_AFTER": "6s", "TETHER_PUBLIC_URL": "https://tether.example.org/base/",
 		"TETHER_ALLOWED_ORIGINS": " https://App.Example.org , http://localhost:3000/", "TETHER_LOG_LEVEL": "DEBUG",
 		"TETHER_SPICEDB_INSECURE": "true", "TETHER_RECONCILE_INTERVAL": "0", "TETHER_WORKER_LEASE_TTL": "3s",
+		"TETHER_SELF_HEALING": "false",
 	}), config.ScopeServe)
 	require.NoError(t, err)
 	require.Equal(t, 7, cfg.MaxWorkers)
@@ -68,6 +69,7 @@ func TestLoadParsesValues(t *testing.T) {
 	require.Equal(t, []string{"https://app.example.org", "http://localhost:3000"}, cfg.AllowedOrigins)
 	require.Equal(t, "debug", cfg.LogLevel)
 	require.True(t, cfg.SpiceDBInsecure)
+	require.False(t, cfg.SelfHealing)
 }
 
 // TestLoadRules checks each rule, cross-field ones included: the variable

@@ -73,6 +73,7 @@ func (r *reader) workers(w *Workers) {
 	w.WorkerLeaseTTL = r.duration("TETHER_WORKER_LEASE_TTL", w.WorkerLeaseTTL)
 	w.ReconcileInterval = r.duration("TETHER_RECONCILE_INTERVAL", w.ReconcileInterval)
 	w.RetryMaxBackoff = r.duration("TETHER_RETRY_MAX_BACKOFF", w.RetryMaxBackoff)
+	w.SelfHealing = r.boolean("TETHER_SELF_HEALING", w.SelfHealing)
 	if w.RescueStuckJobsAfter <= w.JobTimeout {
 		r.bad("TETHER_RESCUE_STUCK_JOBS_AFTER", "must be longer than TETHER_JOB_TIMEOUT (%s), or running jobs are rescued while they run", w.JobTimeout)
 	}

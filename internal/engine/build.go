@@ -129,6 +129,7 @@ func (e *Engine) buildSync() error {
 		JobTimeout: cfg.JobTimeout, RescueStuckJobsAfter: cfg.RescueStuckJobsAfter, ReconcileInterval: cfg.ReconcileInterval,
 		WorkerLeaseTTL: cfg.WorkerLeaseTTL, Logger: e.opts.RiverLogger, Heal: jobs.DefaultHealConfig(),
 	}
+	clientCfg.Heal.Enabled = cfg.SelfHealing
 	if e.Tracer != nil {
 		clientCfg.Plugins = append(clientCfg.Plugins, telemetry.RiverPlugin(e.Tracer))
 	}
