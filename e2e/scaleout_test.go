@@ -15,10 +15,14 @@ import (
 )
 
 // processEnv is what the tests' `tether serve` processes get: testenv's
-// ServeEnv with this package's token secret and admin role, short retries.
+// ServeEnv with this package's token secret and admin role, short retries,
+// and no self-healing: these tests prove that the workers alone (and the
+// periodic reconcile's leader) keep SpiceDB in step, so no watcher's restore
+// (a reconcile) may run beside them. Self-healing is heal_test.go's.
 func processEnv(tt *testenv.Tether) map[string]string {
 	return with(tt.ServeEnv(), map[string]string{
 		"TETHER_AUTH_HMAC_SECRET": testSecret, "TETHER_AUTH_ADMIN_ROLE": adminRole, "TETHER_RETRY_MAX_BACKOFF": "500ms",
+		"TETHER_SELF_HEALING": "false",
 	})
 }
 
