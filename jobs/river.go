@@ -103,18 +103,7 @@ func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (client *rive
 		rc.Queues = map[string]river.QueueConfig{river.QueueDefault: {
 			MaxWorkers: cfg.MaxWorkers, FetchCooldown: cfg.FetchCooldown, FetchPollInterval: cfg.FetchPollInterval,
 		}}
-		if cfg.ReconcileInterval > 0 {
-			rc.PeriodicJobs = []*river.PeriodicJob{river.NewPeriodicJob(
-				river.PeriodicInterval(cfg.ReconcileInterval),
-				func() (river.JobArgs, *river.InsertOpts) { return ReconcileArgs{}, nil },
-				&river.PeriodicJobOpts{ID: "tether.reconcile"},
-			)}
-		}
-		rc.PeriodicJobs = append(rc.PeriodicJobs, river.NewPeriodicJob(
-			river.PeriodicInterval(cmp.Or(cfg.ExpireInterval, DefaultExpireInterval)),
-			func() (river.JobArgs, *river.InsertOpts) { return ExpireArgs{}, nil },
-			&river.PeriodicJobOpts{ID: "tether.expire_authorizations"},
-		))
+		rc.PeriodicJobs = periodicJobs(cfg)
 	}
 	client, err = river.NewClient(riverpgxv5.New(db), rc)
 	if err != nil {
@@ -131,6 +120,24 @@ func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (client *rive
 		syncer.healer = newHealer(syncer, enqueuer, &Reconciler{Syncer: syncer, Enqueuer: enqueuer}, cfg.Heal)
 	}
 	return client, enqueuer, start, nil
+}
+
+// periodicJobs are what the leader inserts on a timer: the reconcile (unless
+// disabled) and the expiry of abandoned authorizations.
+func periodicJobs(cfg ClientConfig) []*river.PeriodicJob {
+	var jobs []*river.PeriodicJob
+	if cfg.ReconcileInterval > 0 {
+		jobs = append(jobs, river.NewPeriodicJob(
+			river.PeriodicInterval(cfg.ReconcileInterval),
+			func() (river.JobArgs, *river.InsertOpts) { return ReconcileArgs{}, nil },
+			&river.PeriodicJobOpts{ID: "tether.reconcile"},
+		))
+	}
+	return append(jobs, river.NewPeriodicJob(
+		river.PeriodicInterval(cmp.Or(cfg.ExpireInterval, DefaultExpireInterval)),
+		func() (river.JobArgs, *river.InsertOpts) { return ExpireArgs{}, nil },
+		&river.PeriodicJobOpts{ID: "tether.expire_authorizations"},
+	))
 }
 
 // registerWorkers registers every kind Tether works.
