@@ -28,6 +28,9 @@ type Metrics struct {
 	SyncFailures        *prometheus.CounterVec
 	Jobs                *prometheus.CounterVec
 	JobsReclaimed       *prometheus.CounterVec
+	// ReconcileFallbacks counts reconciles that found a stream out of order
+	// and compared in Postgres instead.
+	ReconcileFallbacks prometheus.Counter
 	// Heal are the watcher's, restores' and reschedules' metrics.
 	Heal *HealMetrics
 }
@@ -66,8 +69,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tether_jobs_reclaimed_total",
 			Help: "Running jobs this process took over from worker processes that stopped renewing their lease (presumed dead), by job kind.",
 		}, []string{"job_kind"}),
+		ReconcileFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tether_reconcile_stream_fallbacks_total",
+			Help: "Reconciles that found SpiceDB's export or the desired relationships out of byte order and compared them in Postgres instead of merging the streams.",
+		}),
 	}
-	reg.MustRegister(m.SpiceDBWriteSeconds, m.SyncLagSeconds, m.SyncApplied, m.SyncFenceRetries, m.SyncFailures, m.Jobs, m.JobsReclaimed)
+	reg.MustRegister(m.SpiceDBWriteSeconds, m.SyncLagSeconds, m.SyncApplied, m.SyncFenceRetries, m.SyncFailures, m.Jobs, m.JobsReclaimed,
+		m.ReconcileFallbacks)
 	m.Heal = newHealMetrics(reg)
 	return m
 }
@@ -102,6 +110,13 @@ func (m *Metrics) observeReclaimed(jobKind string) {
 		return
 	}
 	m.JobsReclaimed.WithLabelValues(jobKind).Inc()
+}
+
+func (m *Metrics) observeReconcileFallback() {
+	if m == nil {
+		return
+	}
+	m.ReconcileFallbacks.Inc()
 }
 
 func (m *Metrics) observeFailure(kind string, transient bool) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -70,6 +71,12 @@ type ReconcileReport struct {
 	lapAt        time.Time
 	// Skipped: UnlessRunSince found the work done by another run.
 	Skipped bool `json:"skipped,omitempty"`
+	// StreamFallback, if set, says why the run compared in Postgres (copying
+	// SpiceDB's export into a table) instead of merging the two sorted
+	// streams: a stream out of order. The findings are the fallback's;
+	// Repaired, Requeued and Imported also count what the streamed pass wrote
+	// before it stopped.
+	StreamFallback string `json:"stream_fallback,omitempty"`
 
 	pendingTouches int64
 }
@@ -95,11 +102,28 @@ func (r *ReconcileReport) Drift() int64 { return r.Missing + r.Extra }
 type Reconciler struct {
 	*Syncer
 	Enqueuer *Enqueuer
+
+	// export reads SpiceDB's relationships; nil: SpiceDB.Export. Tests
+	// inject faults into the stream's order here (export_test.go).
+	export func(ctx context.Context, fn func(page []spicedb.Relationship) error) error
+	// tableOnly is set once a stream came out of order: the order is the
+	// datastore's (its collation), so this process's later runs compare in
+	// Postgres straight away instead of failing over again.
+	tableOnly atomic.Bool
 }
 
-// Run reconciles once. Memory stays bounded: SpiceDB's relationships are
-// streamed into an unlogged table, the difference is computed by Postgres,
-// and repairs are read back a batch at a time.
+func (r *Reconciler) exportFunc() func(ctx context.Context, fn func(page []spicedb.Relationship) error) error {
+	if r.export != nil {
+		return r.export
+	}
+	return r.SpiceDB.Export
+}
+
+// Run reconciles once. Memory stays bounded: SpiceDB's export and the
+// desired relationships are read as two sorted streams, a page at a time,
+// and merged (runStreamed); should either come out of order, the run
+// copies the export into an unlogged table, lets Postgres compute the
+// difference and reads it back a batch at a time (runTable).
 func (r *Reconciler) Run(ctx context.Context, opts ReconcileOpts) (*ReconcileReport, error) {
 	report := &ReconcileReport{StartedAt: time.Now(), DryRun: opts.DryRun}
 	progress := opts.Progress
@@ -159,7 +183,7 @@ func (r *Reconciler) Run(ctx context.Context, opts ReconcileOpts) (*ReconcileRep
 // exportActual copies SpiceDB's relationships into reconcile_actual.
 func (r *Reconciler) exportActual(ctx context.Context, report *ReconcileReport, progress func(string, int64)) error {
 	q := dbsqlc.New()
-	return r.SpiceDB.Export(ctx, func(page []spicedb.Relationship) error {
+	return r.exportFunc()(ctx, func(page []spicedb.Relationship) error {
 		rows := make([]*dbsqlc.ReconcileActualInsertParams, len(page))
 		for i, rel := range page {
 			rows[i] = &dbsqlc.ReconcileActualInsertParams{
@@ -194,7 +218,6 @@ func (r *Reconciler) doneSince(ctx context.Context, t time.Time) (bool, error) {
 }
 
 func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bool, progress func(string, int64)) error {
-	q := dbsqlc.New()
 	report.lap("")
 	schema, err := r.SpiceDB.CheckSchema(ctx)
 	if err != nil {
@@ -207,8 +230,41 @@ func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bo
 			return err
 		}
 	}
-
 	report.lap("schema")
+
+	err = errStreamOff
+	if !r.tableOnly.Load() {
+		err = r.runStreamed(ctx, report, dryRun, schema == spicedb.SchemaMissing, progress)
+	}
+	var order *outOfOrderError
+	if errors.As(err, &order) {
+		r.tableOnly.Store(true)
+		r.Metrics.observeReconcileFallback()
+		r.Logger.WarnContext(ctx, "reconcile: a stream is out of byte order; comparing in Postgres instead, in this run and the next ones of this process "+
+			"(is SpiceDB's database collated other than C or C.UTF-8?)", "side", order.side, "row", order.row)
+		report.StreamFallback = order.Error()
+		report.Desired, report.Actual, report.Missing, report.Extra, report.Pending, report.pendingTouches = 0, 0, 0, 0, 0, 0
+	}
+	if errors.As(err, &order) || errors.Is(err, errStreamOff) {
+		err = r.runTable(ctx, report, dryRun, schema, progress)
+	}
+	if err != nil || dryRun {
+		return err
+	}
+	err = r.requeueStalled(ctx, report)
+	report.lap("requeue stalled")
+	return err
+}
+
+// errStreamOff: this process compares in Postgres (see Reconciler.tableOnly).
+var errStreamOff = errors.New("streamed comparison off")
+
+// runTable is the table-based comparison: SpiceDB's export copied into
+// reconcile_actual, the drift computed by one statement into reconcile_diff
+// and repaired from there. It relies on no order.
+func (r *Reconciler) runTable(ctx context.Context, report *ReconcileReport, dryRun bool, schema spicedb.SchemaState, progress func(string, int64)) error {
+	q := dbsqlc.New()
+	var err error
 	if err := q.ReconcileClear(ctx, r.DB); err != nil {
 		return fmt.Errorf("error clearing reconcile tables: %w", err)
 	}
@@ -230,15 +286,8 @@ func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bo
 	progress("diff", report.Desired)
 	report.lap("diff")
 
-	if err := r.repairAll(ctx, report, dryRun, progress); err != nil {
-		return err
-	}
+	err = r.repairAll(ctx, report, dryRun, progress)
 	report.lap("repair")
-	if dryRun {
-		return nil
-	}
-	err = r.requeueStalled(ctx, report)
-	report.lap("requeue stalled")
 	return err
 }
 

@@ -28,23 +28,21 @@ type repairPage struct {
 	generations   []int64
 }
 
-// repairAll reads the drift a page at a time and repairs it. Into a store
+// repairAll reads the drift from reconcile_diff (the table-based path) a
+// page at a time and repairs it. Into a store
 // that held none of Tether's relationships (wiped, new) it restores at the
 // speed of the datastore: bulk imports of importPageSize (one COPY each on
 // SpiceDB's Postgres datastore), importWorkers at once, instead of TOUCH
 // writes of 1,000 one after another.
 func (r *Reconciler) repairAll(ctx context.Context, report *ReconcileReport, dryRun bool, progress func(string, int64)) error {
 	bulk := report.Actual == 0 && !dryRun
-	pageSize, workers := int32(spicedb.MaxUpdatesPerWrite), 1
-	if bulk {
-		pageSize, workers = importPageSize, importWorkers
-	}
+	pageSize, workers := repairShape(bulk)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(workers)
 	var mu sync.Mutex // guards report while pages are applied
 	var afterID int64
 	for gctx.Err() == nil {
-		rows, err := dbsqlc.New().ReconcileDiffPage(gctx, r.DB, &dbsqlc.ReconcileDiffPageParams{AfterID: afterID, MaxRows: pageSize})
+		rows, err := dbsqlc.New().ReconcileDiffPage(gctx, r.DB, &dbsqlc.ReconcileDiffPageParams{AfterID: afterID, MaxRows: int32(pageSize)})
 		if err != nil {
 			_ = g.Wait()
 			return fmt.Errorf("error reading drift: %w", err)

@@ -27,6 +27,53 @@ func (q *Queries) ReconcileClear(ctx context.Context, db DBTX) error {
 	return err
 }
 
+const reconcileDesiredConnectionsPage = `-- name: ReconcileDesiredConnectionsPage :many
+
+SELECT c.provider_id, tether_subject_id(c.user_id)::text AS subject_id
+FROM oauth2_connections c
+WHERE c.status = 'connected'
+  AND (c.provider_id COLLATE "C", tether_subject_id(c.user_id) COLLATE "C") > ($1::text, $2::text)
+ORDER BY c.provider_id COLLATE "C", tether_subject_id(c.user_id) COLLATE "C"
+LIMIT $3
+`
+
+type ReconcileDesiredConnectionsPageParams struct {
+	AfterProvider string
+	AfterSubject  string
+	MaxRows       int32
+}
+
+type ReconcileDesiredConnectionsPageRow struct {
+	ProviderID string
+	SubjectID  string
+}
+
+// The desired relationships, in SpiceDB's export order, a page at a time
+// after the last row seen (keyset), one query per branch of
+// desired_relationships: each reads its table through the index in
+// 00009_reconcile_order.sql. All run in one REPEATABLE READ transaction, so
+// the pages are of one snapshot.
+// oauth2_client:provider#connected@user:subject of connected connections.
+func (q *Queries) ReconcileDesiredConnectionsPage(ctx context.Context, db DBTX, arg *ReconcileDesiredConnectionsPageParams) ([]*ReconcileDesiredConnectionsPageRow, error) {
+	rows, err := db.Query(ctx, reconcileDesiredConnectionsPage, arg.AfterProvider, arg.AfterSubject, arg.MaxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []*ReconcileDesiredConnectionsPageRow
+	for rows.Next() {
+		var i ReconcileDesiredConnectionsPageRow
+		if err := rows.Scan(&i.ProviderID, &i.SubjectID); err != nil {
+			return nil, err
+		}
+		items = append(items, &i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const reconcileDesiredCount = `-- name: ReconcileDesiredCount :one
 SELECT count(*) FROM desired_relationships
 `
@@ -36,6 +83,88 @@ func (q *Queries) ReconcileDesiredCount(ctx context.Context, db DBTX) (int64, er
 	var count int64
 	err := row.Scan(&count)
 	return count, err
+}
+
+const reconcileDesiredPoolsPage = `-- name: ReconcileDesiredPoolsPage :many
+SELECT p.id::text AS resource_id, p.remote_provider_id, p.public
+FROM resource_pools p
+WHERE (p.remote_provider_id IS NOT NULL OR p.public)
+  AND (p.id::text) COLLATE "C" > $1::text
+ORDER BY (p.id::text) COLLATE "C"
+LIMIT $2
+`
+
+type ReconcileDesiredPoolsPageParams struct {
+	AfterID string
+	MaxRows int32
+}
+
+type ReconcileDesiredPoolsPageRow struct {
+	ResourceID       string
+	RemoteProviderID *string
+	Public           bool
+}
+
+// A pool's provider link and public viewer: resource_pool:id#provider@... and
+// resource_pool:id#viewer@user:*, in that order.
+func (q *Queries) ReconcileDesiredPoolsPage(ctx context.Context, db DBTX, arg *ReconcileDesiredPoolsPageParams) ([]*ReconcileDesiredPoolsPageRow, error) {
+	rows, err := db.Query(ctx, reconcileDesiredPoolsPage, arg.AfterID, arg.MaxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []*ReconcileDesiredPoolsPageRow
+	for rows.Next() {
+		var i ReconcileDesiredPoolsPageRow
+		if err := rows.Scan(&i.ResourceID, &i.RemoteProviderID, &i.Public); err != nil {
+			return nil, err
+		}
+		items = append(items, &i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const reconcileDesiredViewersPage = `-- name: ReconcileDesiredViewersPage :many
+SELECT v.resource_pool_id::text AS resource_id, tether_subject_id(v.user_id)::text AS subject_id
+FROM resource_pool_viewers v
+WHERE ((v.resource_pool_id::text) COLLATE "C", tether_subject_id(v.user_id) COLLATE "C") > ($1::text, $2::text)
+ORDER BY (v.resource_pool_id::text) COLLATE "C", tether_subject_id(v.user_id) COLLATE "C"
+LIMIT $3
+`
+
+type ReconcileDesiredViewersPageParams struct {
+	AfterPool    string
+	AfterSubject string
+	MaxRows      int32
+}
+
+type ReconcileDesiredViewersPageRow struct {
+	ResourceID string
+	SubjectID  string
+}
+
+// resource_pool:id#viewer@user:subject of manual viewers.
+func (q *Queries) ReconcileDesiredViewersPage(ctx context.Context, db DBTX, arg *ReconcileDesiredViewersPageParams) ([]*ReconcileDesiredViewersPageRow, error) {
+	rows, err := db.Query(ctx, reconcileDesiredViewersPage, arg.AfterPool, arg.AfterSubject, arg.MaxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []*ReconcileDesiredViewersPageRow
+	for rows.Next() {
+		var i ReconcileDesiredViewersPageRow
+		if err := rows.Scan(&i.ResourceID, &i.SubjectID); err != nil {
+			return nil, err
+		}
+		items = append(items, &i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const reconcileDiffBuild = `-- name: ReconcileDiffBuild :execrows
@@ -98,6 +227,54 @@ func (q *Queries) ReconcileDiffPage(ctx context.Context, db DBTX, arg *Reconcile
 			&i.SubjectType,
 			&i.SubjectID,
 			&i.KeyKind,
+			&i.KeyID,
+			&i.Generation,
+			&i.Pending,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, &i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const reconcileKeyStates = `-- name: ReconcileKeyStates :many
+WITH k AS (
+    SELECT unnest($1::text[]) AS kind, unnest($2::text[]) AS key_id
+)
+SELECT s.kind, s.key_id, s.generation, (s.pending_since IS NOT NULL)::boolean AS pending
+FROM k JOIN sync_state s ON s.kind = k.kind AND s.key_id = k.key_id
+`
+
+type ReconcileKeyStatesParams struct {
+	Kinds  []string
+	KeyIds []string
+}
+
+type ReconcileKeyStatesRow struct {
+	Kind       string
+	KeyID      string
+	Generation int64
+	Pending    bool
+}
+
+// The generation and pending flag of the given keys (a page of drift), read in
+// the snapshot of the desired relationships; a key without a row is
+// generation 0, not pending (as in ReconcileDiffBuild).
+func (q *Queries) ReconcileKeyStates(ctx context.Context, db DBTX, arg *ReconcileKeyStatesParams) ([]*ReconcileKeyStatesRow, error) {
+	rows, err := db.Query(ctx, reconcileKeyStates, arg.Kinds, arg.KeyIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []*ReconcileKeyStatesRow
+	for rows.Next() {
+		var i ReconcileKeyStatesRow
+		if err := rows.Scan(
+			&i.Kind,
 			&i.KeyID,
 			&i.Generation,
 			&i.Pending,

@@ -179,7 +179,12 @@ func (r Relationship) String() string {
 	return r.ResourceType + ":" + r.ResourceID + "#" + r.Relation + "@" + r.SubjectType + ":" + r.SubjectID
 }
 
-func compareRelationships(a, b Relationship) int {
+// CompareRelationships orders relationships field by field in byte order:
+// the order in which SpiceDB's ExportBulkRelationships streams them from its
+// memory datastore, and from its Postgres datastore when that database
+// collates in byte order (C or C.UTF-8); the reconciler checks, and does not
+// rely on it.
+func CompareRelationships(a, b Relationship) int {
 	return cmp.Or(
 		cmp.Compare(a.ResourceType, b.ResourceType),
 		cmp.Compare(a.ResourceID, b.ResourceID),
@@ -249,7 +254,7 @@ func NormalizeUpdates(updates []Update) []Update {
 	sorted := slices.Clone(updates)
 	// Stable, so that among updates of one relationship the last one given
 	// stays last and wins below.
-	slices.SortStableFunc(sorted, func(a, b Update) int { return compareRelationships(a.Relationship, b.Relationship) })
+	slices.SortStableFunc(sorted, func(a, b Update) int { return CompareRelationships(a.Relationship, b.Relationship) })
 	out := sorted[:0]
 	for _, u := range sorted {
 		if n := len(out); n > 0 && out[n-1].Relationship == u.Relationship {
