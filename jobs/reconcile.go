@@ -235,6 +235,8 @@ func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bo
 	err = errStreamOff
 	if !r.tableOnly.Load() {
 		err = r.runStreamed(ctx, report, dryRun, schema == spicedb.SchemaMissing, progress)
+	} else {
+		report.StreamFallback = "an earlier run of this process found a stream out of byte order"
 	}
 	var order *outOfOrderError
 	if errors.As(err, &order) {
