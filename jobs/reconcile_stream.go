@@ -101,35 +101,14 @@ func (r *Reconciler) runStreamed(ctx context.Context, report *ReconcileReport, d
 	mctx, stop := context.WithCancel(ctx)
 	defer stop()
 	readers, rctx := errgroup.WithContext(mctx)
-	actualPages := make(chan []spicedb.Relationship, 1)
-	actual := &sortedSource{side: "spicedb", pages: actualPages}
-	if schemaMissing {
-		close(actualPages) // nothing to export from a store without the schema
-	} else {
-		readers.Go(func() error { return r.readActual(rctx, actualPages) })
-	}
-	// The first page (or the end) of the export comes once SpiceDB has fixed
-	// its snapshot; Postgres's is taken after it, as the table-based diff
-	// reads Postgres after the export: a change committed between the two
-	// shows as drift on a key whose generation moved, which the repair then
-	// requeues.
-	_, nonEmpty, err := actual.head(rctx)
+	sides, err := r.openStreams(ctx, rctx, readers, schemaMissing)
 	if err != nil {
 		stop()
 		return firstError(readers.Wait(), err)
 	}
-	tx, err := r.DB.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
-	if err != nil {
-		stop()
-		_ = readers.Wait()
-		return fmt.Errorf("error beginning the reconcile snapshot: %w", err)
-	}
-	snap := &snapshot{tx: tx}
-	desiredPages := make(chan []spicedb.Relationship, 1)
-	readers.Go(func() error { return readDesired(rctx, snap, desiredPages) })
-	desired := &sortedSource{side: "postgres", pages: desiredPages}
+	actual, desired, snap, tx := sides.actual, sides.desired, sides.snap, sides.snap.tx
 
-	bulk := !nonEmpty && !dryRun
+	bulk := sides.empty && !dryRun
 	pageSize, workers := repairShape(bulk)
 	writers, wctx := errgroup.WithContext(ctx) // not stopped with the readers: repairs under way finish
 	writers.SetLimit(workers)
@@ -166,6 +145,42 @@ func (r *Reconciler) runStreamed(ctx context.Context, report *ReconcileReport, d
 		return firstError(readErr, mergeErr)
 	}
 	return readErr
+}
+
+// streamSides are the two sorted sources of a streamed run and the
+// snapshot the desired side is read in.
+type streamSides struct {
+	actual, desired *sortedSource
+	snap            *snapshot
+	empty           bool // SpiceDB holds no relationship
+}
+
+// openStreams starts the readers of both sides in readers, on rctx.
+func (r *Reconciler) openStreams(ctx, rctx context.Context, readers *errgroup.Group, schemaMissing bool) (*streamSides, error) {
+	actualPages := make(chan []spicedb.Relationship, 1)
+	actual := &sortedSource{side: "spicedb", pages: actualPages}
+	if schemaMissing {
+		close(actualPages) // nothing to export from a store without the schema
+	} else {
+		readers.Go(func() error { return r.readActual(rctx, actualPages) })
+	}
+	// The first page (or the end) of the export comes once SpiceDB has fixed
+	// its snapshot; Postgres's is taken after it, as the table-based diff
+	// reads Postgres after the export: a change committed between the two
+	// shows as drift on a key whose generation moved, which the repair then
+	// requeues.
+	_, nonEmpty, err := actual.head(rctx)
+	if err != nil {
+		return nil, err
+	}
+	tx, err := r.DB.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, fmt.Errorf("error beginning the reconcile snapshot: %w", err)
+	}
+	snap := &snapshot{tx: tx}
+	desiredPages := make(chan []spicedb.Relationship, 1)
+	readers.Go(func() error { return readDesired(rctx, snap, desiredPages) })
+	return &streamSides{actual: actual, desired: &sortedSource{side: "postgres", pages: desiredPages}, snap: snap, empty: !nonEmpty}, nil
 }
 
 // firstError prefers the cause over the cancellation it led to.
