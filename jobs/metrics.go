@@ -28,6 +28,8 @@ type Metrics struct {
 	SyncFailures        *prometheus.CounterVec
 	Jobs                *prometheus.CounterVec
 	JobsReclaimed       *prometheus.CounterVec
+	// HandOffs counts changes handed off after their commit, by result.
+	HandOffs *prometheus.CounterVec
 	// Heal are the watcher's, restores' and reschedules' metrics.
 	Heal *HealMetrics
 }
@@ -66,8 +68,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tether_jobs_reclaimed_total",
 			Help: "Running jobs this process took over from worker processes that stopped renewing their lease (presumed dead), by job kind.",
 		}, []string{"job_kind"}),
+		HandOffs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_sync_handoffs_total",
+			Help: "Changes applied in the committing process right after their commit, by result (applied; left_to_job: failed or out of time, its job applies it; dropped: a test's fault).",
+		}, []string{"result"}),
 	}
-	reg.MustRegister(m.SpiceDBWriteSeconds, m.SyncLagSeconds, m.SyncApplied, m.SyncFenceRetries, m.SyncFailures, m.Jobs, m.JobsReclaimed)
+	reg.MustRegister(m.SpiceDBWriteSeconds, m.SyncLagSeconds, m.SyncApplied, m.SyncFenceRetries, m.SyncFailures, m.Jobs, m.JobsReclaimed, m.HandOffs)
 	m.Heal = newHealMetrics(reg)
 	return m
 }
@@ -95,6 +101,13 @@ func (m *Metrics) observeFenceRetries(n int) {
 		return
 	}
 	m.SyncFenceRetries.Add(float64(n))
+}
+
+func (m *Metrics) observeHandOff(result string) {
+	if m == nil {
+		return
+	}
+	m.HandOffs.WithLabelValues(result).Inc()
 }
 
 func (m *Metrics) observeReclaimed(jobKind string) {

@@ -77,6 +77,9 @@ func Backoff(attempt int, max time.Duration) time.Duration {
 // caller's transaction (the transactional outbox).
 type Enqueuer struct {
 	River *river.Client[pgx.Tx]
+	// handOff, if set, applies changes committed in this process right after
+	// their commit (see BeginHandOff).
+	handOff *handOff
 }
 
 // Connection marks the connection key (providerID, userID) changed. revoke
@@ -99,8 +102,9 @@ func (e *Enqueuer) Connections(ctx context.Context, tx pgx.Tx, providerID string
 		}); err != nil {
 			return fmt.Errorf("error marking connection key changed: %w", err)
 		}
-		if _, err := e.River.InsertTx(ctx, tx, SyncConnectionArgs{ProviderID: providerID, UserID: userID},
-			&river.InsertOpts{Priority: priority(revoke)}); err != nil {
+		opts := &river.InsertOpts{Priority: priority(revoke),
+			ScheduledAt: reserve(ctx, handOffKey{kind: KeyKindConnection, keyID: ConnectionKeyID(providerID, userID), providerID: providerID, userID: userID})}
+		if _, err := e.River.InsertTx(ctx, tx, SyncConnectionArgs{ProviderID: providerID, UserID: userID}, opts); err != nil {
 			return fmt.Errorf("error inserting connection sync job: %w", err)
 		}
 		return nil
@@ -114,8 +118,9 @@ func (e *Enqueuer) Connections(ctx context.Context, tx pgx.Tx, providerID string
 			return fmt.Errorf("error marking connection key changed: %w", err)
 		}
 		params = append(params, river.InsertManyParams{
-			Args:       SyncConnectionArgs{ProviderID: providerID, UserID: userID},
-			InsertOpts: &river.InsertOpts{Priority: priority(revoke)},
+			Args: SyncConnectionArgs{ProviderID: providerID, UserID: userID},
+			InsertOpts: &river.InsertOpts{Priority: priority(revoke),
+				ScheduledAt: reserve(ctx, handOffKey{kind: KeyKindConnection, keyID: ConnectionKeyID(providerID, userID), providerID: providerID, userID: userID})},
 		})
 	}
 	if _, err := e.River.InsertManyTx(ctx, tx, params); err != nil {
@@ -132,7 +137,8 @@ func (e *Enqueuer) Pool(ctx context.Context, tx pgx.Tx, poolID int64, revoke boo
 	}); err != nil {
 		return fmt.Errorf("error marking pool key changed: %w", err)
 	}
-	if _, err := e.River.InsertTx(ctx, tx, SyncPoolArgs{ResourcePoolID: poolID}, &river.InsertOpts{Priority: priority(revoke)}); err != nil {
+	opts := &river.InsertOpts{Priority: priority(revoke), ScheduledAt: reserve(ctx, handOffKey{kind: KeyKindPool, keyID: keyID, poolID: poolID})}
+	if _, err := e.River.InsertTx(ctx, tx, SyncPoolArgs{ResourcePoolID: poolID}, opts); err != nil {
 		return fmt.Errorf("error inserting pool sync job: %w", err)
 	}
 	return nil
@@ -226,17 +232,30 @@ func (w *ConnectionWorker) NextRetry(job *river.Job[SyncConnectionArgs]) time.Ti
 func (w *ConnectionWorker) Work(ctx context.Context, job *river.Job[SyncConnectionArgs]) error {
 	args := job.Args
 	keyID := ConnectionKeyID(args.ProviderID, args.UserID)
-	rel := spicedb.Relationship{ResourceType: spicedb.TypeOAuth2Client, ResourceID: args.ProviderID, Relation: spicedb.RelConnected, SubjectType: spicedb.TypeUser, SubjectID: spicedb.SubjectID(args.UserID)}
-	return runFenced(ctx, w.Syncer, job.JobRow, args.Repair, KeyKindConnection, keyID, func(ctx context.Context) (syncPlan, error) {
-		desired, err := dbsqlc.New().SyncConnectionDesired(ctx, w.DB, &dbsqlc.SyncConnectionDesiredParams{
-			KeyID: keyID, ProviderID: args.ProviderID, UserID: args.UserID,
+	return runFenced(ctx, w.Syncer, job.JobRow, args.Repair, KeyKindConnection, keyID, w.connectionPlan(args.ProviderID, args.UserID),
+		w.failer(ctx, KeyKindConnection, keyID, job.Attempt))
+}
+
+// connectionPlan reads what a connection key's job writes:
+// oauth2_client:P#connected@user:U, or its deletion.
+func (s *Syncer) connectionPlan(providerID, userID string) func(context.Context) (syncPlan, error) {
+	keyID := ConnectionKeyID(providerID, userID)
+	rel := spicedb.Relationship{ResourceType: spicedb.TypeOAuth2Client, ResourceID: providerID, Relation: spicedb.RelConnected, SubjectType: spicedb.TypeUser, SubjectID: spicedb.SubjectID(userID)}
+	return func(ctx context.Context) (syncPlan, error) {
+		desired, err := dbsqlc.New().SyncConnectionDesired(ctx, s.DB, &dbsqlc.SyncConnectionDesiredParams{
+			KeyID: keyID, ProviderID: providerID, UserID: userID,
 		})
 		if err != nil {
 			return syncPlan{}, fmt.Errorf("error reading connection state: %w", err)
 		}
 		return syncPlan{generation: desired.Generation, changedAt: desired.ChangedAt, settled: desired.Settled,
 			updates: []spicedb.Update{{Relationship: rel, Delete: !desired.Connected}}}, nil
-	})
+	}
+}
+
+// failer records a job's failed attempt on its key (see Syncer.failed).
+func (s *Syncer) failer(ctx context.Context, kind, keyID string, attempt int) func(error) error {
+	return func(err error) error { return s.failed(ctx, kind, keyID, attempt, err) }
 }
 
 // PoolWorker applies a pool key: resource_pool:R#provider to its linked
@@ -254,8 +273,17 @@ func (w *PoolWorker) NextRetry(job *river.Job[SyncPoolArgs]) time.Time {
 func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) error {
 	poolID := job.Args.ResourcePoolID
 	resourceID := fmt.Sprint(poolID)
-	return runFenced(ctx, w.Syncer, job.JobRow, job.Args.Repair, KeyKindPool, resourceID, func(ctx context.Context) (syncPlan, error) {
-		desired, err := dbsqlc.New().SyncPoolDesired(ctx, w.DB, &dbsqlc.SyncPoolDesiredParams{KeyID: resourceID, ResourcePoolID: poolID})
+	return runFenced(ctx, w.Syncer, job.JobRow, job.Args.Repair, KeyKindPool, resourceID, w.poolPlan(poolID),
+		w.failer(ctx, KeyKindPool, resourceID, job.Attempt))
+}
+
+// poolPlan reads what a pool key's job writes: the pool's desired
+// relationships from Postgres, and the deletion of any other SpiceDB holds
+// on it.
+func (s *Syncer) poolPlan(poolID int64) func(context.Context) (syncPlan, error) {
+	resourceID := fmt.Sprint(poolID)
+	return func(ctx context.Context) (syncPlan, error) {
+		desired, err := dbsqlc.New().SyncPoolDesired(ctx, s.DB, &dbsqlc.SyncPoolDesiredParams{KeyID: resourceID, ResourcePoolID: poolID})
 		if err != nil {
 			return syncPlan{}, fmt.Errorf("error reading pool state: %w", err)
 		}
@@ -271,7 +299,7 @@ func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) err
 				want[spicedb.Relationship{ResourceType: spicedb.TypeResourcePool, ResourceID: resourceID, Relation: spicedb.RelViewer, SubjectType: spicedb.TypeUser, SubjectID: subject}] = true
 			}
 		}
-		actual, err := w.SpiceDB.ReadResource(ctx, spicedb.TypeResourcePool, resourceID)
+		actual, err := s.SpiceDB.ReadResource(ctx, spicedb.TypeResourcePool, resourceID)
 		if err != nil {
 			return syncPlan{}, err
 		}
@@ -285,7 +313,7 @@ func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) err
 			}
 		}
 		return syncPlan{generation: desired.Generation, changedAt: desired.ChangedAt, settled: desired.Settled, updates: updates}, nil
-	})
+	}
 }
 
 // syncPlan is what a key's job writes, read in one snapshot with the key's
@@ -310,10 +338,13 @@ func mustWrite(job *rivertype.JobRow) bool {
 // applied only if it is still the key's generation. If the key changed meanwhile, another job may already
 // have written the newer state before this job's write landed, so go round
 // again: the last write for a key is always made from its newest state.
+//
+// fail turns a failed plan or write into the job's result (a job records it
+// on the key; a hand-off leaves it to the job).
 func runFenced(ctx context.Context, s *Syncer, job *rivertype.JobRow, repair []string, kind, keyID string,
-	plan func(ctx context.Context) (syncPlan, error),
+	plan func(ctx context.Context) (syncPlan, error), fail func(error) error,
 ) error {
-	attempt, wrote := job.Attempt, mustWrite(job) || len(repair) > 0
+	wrote := mustWrite(job) || len(repair) > 0
 	for round := 0; ; round++ {
 		p, err := plan(ctx)
 		if err == nil && p.settled && !wrote && round == 0 {
@@ -326,19 +357,19 @@ func runFenced(ctx context.Context, s *Syncer, job *rivertype.JobRow, repair []s
 			return nil
 		}
 		if err != nil {
-			return s.failed(ctx, kind, keyID, attempt, err)
+			return fail(err)
 		}
 		// Bounded by this process's worker lease: no write of a job that
 		// another worker may take over lands after the takeover.
 		writeCtx, cancel, err := leaseWriteContext(ctx)
 		if err != nil {
-			return s.failed(ctx, kind, keyID, attempt, err)
+			return fail(err)
 		}
 		res := s.apply(writeCtx, keyAt{syncKey{kind, keyID}, p.generation}, p.updates)
 		cancel()
 		s.Metrics.observeWrite(res.writeTook, res.writeErr)
 		if res.writeErr != nil {
-			return s.failed(ctx, kind, keyID, attempt, res.writeErr)
+			return fail(res.writeErr)
 		}
 		if res.fenceErr != nil {
 			return res.fenceErr
