@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
 )
 
@@ -36,6 +38,7 @@ type HandOffConfig struct {
 // again can be fenced.
 type handOff struct {
 	syncer *Syncer
+	river  *river.Client[pgx.Tx]
 	cfg    HandOffConfig
 	slots  chan struct{}
 	wg     sync.WaitGroup
@@ -43,12 +46,12 @@ type handOff struct {
 	stop   context.CancelFunc
 }
 
-func newHandOff(syncer *Syncer, cfg HandOffConfig) *handOff {
+func newHandOff(syncer *Syncer, client *river.Client[pgx.Tx], cfg HandOffConfig) *handOff {
 	if cfg.Slots <= 0 {
 		cfg.Slots = 128
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	return &handOff{syncer: syncer, cfg: cfg, slots: make(chan struct{}, cfg.Slots), ctx: ctx, stop: stop}
+	return &handOff{syncer: syncer, river: client, cfg: cfg, slots: make(chan struct{}, cfg.Slots), ctx: ctx, stop: stop}
 }
 
 // handOffKey is a key to apply after the commit, with what its plan needs.
@@ -56,6 +59,7 @@ type handOffKey struct {
 	kind, keyID        string
 	providerID, userID string // a connection key
 	poolID             int64  // a pool key
+	jobID              int64  // its job, the outbox (set once inserted)
 }
 
 // HandOffBatch collects the keys one transaction changes, to hand them off
@@ -64,7 +68,7 @@ type handOffKey struct {
 type HandOffBatch struct {
 	h        *handOff
 	mu       sync.Mutex
-	keys     []handOffKey
+	keys     []*handOffKey
 	reserved int
 }
 
@@ -81,24 +85,32 @@ func (e *Enqueuer) BeginHandOff(ctx context.Context) (context.Context, *HandOffB
 	return context.WithValue(ctx, handOffBatchKey{}, b), b
 }
 
-// reserve takes a slot for one more key and says when its job is to run, or
-// returns zero when the key is left to its job (no batch in ctx, or every
-// slot taken).
-func reserve(ctx context.Context, k handOffKey) time.Time {
+// reserve takes a slot for one more key and returns it with when its job is
+// to run, or nil and zero when the key is left to its job (no batch in ctx,
+// or every slot taken). The caller records the job's id in it.
+func reserve(ctx context.Context, k handOffKey) (*handOffKey, time.Time) {
 	b, _ := ctx.Value(handOffBatchKey{}).(*HandOffBatch)
 	if b == nil {
-		return time.Time{}
+		return nil, time.Time{}
 	}
 	select {
 	case b.h.slots <- struct{}{}:
 	default:
-		return time.Time{}
+		return nil, time.Time{}
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.keys = append(b.keys, k)
+	b.keys = append(b.keys, &k)
 	b.reserved++
-	return time.Now().Add(b.h.cfg.Grace)
+	return &k, time.Now().Add(b.h.cfg.Grace)
+}
+
+// setJob records the key's job, inserted scheduled (nil k: not handed off).
+// A job River did not insert (a unique duplicate) is not the key's to delete.
+func (k *handOffKey) setJob(res *rivertype.JobInsertResult) {
+	if k != nil && res != nil && res.Job != nil && !res.UniqueSkippedAsDuplicate {
+		k.jobID = res.Job.ID
+	}
 }
 
 // Committed hands the batch's keys off: its transaction has committed.
@@ -133,7 +145,7 @@ func (b *HandOffBatch) Release() {
 
 // apply applies one key as its job would, bounded by deadline. Failure is
 // no one's error: the job runs at its scheduled time and applies it.
-func (h *handOff) apply(k handOffKey, deadline time.Time) {
+func (h *handOff) apply(k *handOffKey, deadline time.Time) {
 	defer h.wg.Done()
 	defer func() { <-h.slots }()
 	s := h.syncer
@@ -147,14 +159,25 @@ func (h *handOff) apply(k handOffKey, deadline time.Time) {
 	if k.kind == KeyKindPool {
 		plan = s.poolPlan(k.poolID)
 	}
-	// A first attempt: it writes nothing if the key is already applied.
-	err := runFenced(ctx, s, &rivertype.JobRow{Attempt: 1}, nil, k.kind, k.keyID, plan, func(err error) error { return err })
-	if err != nil {
-		s.Metrics.observeHandOff("left_to_job")
-		s.Logger.DebugContext(ctx, "hand-off not applied; its job will", "kind", k.kind, "key", k.keyID, "error", fmt.Sprint(err))
+	// Like a job's first attempt, it writes nothing if the key is applied
+	// already; a fence that records its change applied deletes its job.
+	err := runFenced(ctx, s, syncRun{kind: k.kind, keyID: k.keyID, outboxJob: k.jobID, fail: func(err error) error { return err }}, plan)
+	if err == nil {
+		s.Metrics.observeHandOff("applied")
 		return
 	}
-	s.Metrics.observeHandOff("applied")
+	s.Metrics.observeHandOff("left_to_job")
+	s.Logger.DebugContext(ctx, "hand-off not applied; its job will", "kind", k.kind, "key", k.keyID, "error", fmt.Sprint(err))
+	if ctx.Err() != nil || k.jobID == 0 {
+		// Out of time: the job waits for its scheduled time, so that nothing
+		// this hand-off sent can land after the job started.
+		return
+	}
+	// The write or the plan failed and returned: nothing of this hand-off is
+	// in flight any more, so its job may start now rather than at its time.
+	if _, err := h.river.JobRetry(h.ctx, k.jobID); err != nil {
+		s.Logger.DebugContext(h.ctx, "hand-off's job not made available; it runs at its time", "kind", k.kind, "key", k.keyID, "error", fmt.Sprint(err))
+	}
 }
 
 // close waits for the hand-offs in flight (each bounded by its deadline),

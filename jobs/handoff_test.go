@@ -7,7 +7,6 @@ import (
 	"time"
 
 	v1 "github.com/authzed/authzed-go/proto/authzed/api/v1"
-	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
@@ -46,7 +45,8 @@ func connectionJobState(t *testing.T, tt *testenv.Tether, userID string) (int64,
 
 // A change committed in a process that also works jobs is applied right after
 // its commit, while its job — the outbox — still waits for its scheduled
-// time; when the job runs it finds the key applied and writes nothing.
+// time; the fence that records the change applied deletes that job, which
+// then never runs.
 func TestHandOffAppliesBeforeItsJob(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -57,26 +57,47 @@ func TestHandOffAppliesBeforeItsJob(t *testing.T) {
 
 	require.Eventually(t, func() bool { return tt.CanView(t, "alice", pool.ID) }, 10*time.Second, 5*time.Millisecond,
 		"the hand-off applies the connect")
-	id, state := connectionJobState(t, tt, "alice")
-	require.Equal(t, "scheduled", state, "the job has not run: the hand-off applied the change")
+	tt.WaitSynced(t, 10*time.Second) // long before the job's time (a minute)
+	var left int
+	require.NoError(t, tt.DB.QueryRow(ctx, "SELECT count(*) FROM river_job WHERE kind LIKE 'tether.sync_%'").Scan(&left))
+	require.Zero(t, left, "the hand-offs' fences deleted their jobs (the pool's and the connection's)")
 	require.Equal(t, 1.0, testutil.ToFloat64(tt.Metrics.SyncApplied.WithLabelValues(jobs.KeyKindConnection)))
+	require.Equal(t, 2.0, handOffs(tt, "applied"), "the pool and the connection were handed off")
+	tt.RequireInSync(t)
+}
 
-	// Their time has come (the connection's and the pool's jobs).
-	rows, err := tt.DB.Query(ctx, "SELECT id FROM river_job WHERE state = 'scheduled' AND kind LIKE 'tether.sync_%'")
+// A job whose time came while its hand-off was still writing runs (it may
+// write too: both are fenced), and the hand-off's fence leaves it alone: only
+// a job still waiting for its time is deleted, never one River has started.
+func TestHandOffJobFindsKeyApplied(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	g := newGate(func(w *v1.WriteRelationshipsRequest) bool {
+		for _, u := range w.GetUpdates() {
+			if u.GetRelationship().GetRelation() == spicedb.RelConnected {
+				return true
+			}
+		}
+		return false
+	})
+	tt := startHandingOff(t, time.Minute, nil, func(c *spicedb.Config) { c.DialOptions = append(c.DialOptions, g.interceptor()) })
+	tt.Provider(t, "gitlab")
+	pool := tt.Pool(t, "gpu", "gitlab", false)
+	tt.Connect(t, "alice", "gitlab")
+	testenv.Await(t, g.entered, 10*time.Second, "the hand-off writes")
+	id, state := connectionJobState(t, tt, "alice")
+	require.Equal(t, "scheduled", state)
+	_, err := tt.River.JobRetry(ctx, id) // its time has come while the hand-off writes
 	require.NoError(t, err)
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	require.NoError(t, err)
-	require.Contains(t, ids, id)
-	for _, id := range ids {
-		_, err := tt.River.JobRetry(ctx, id)
-		require.NoError(t, err)
-	}
+	close(g.release)
+	testenv.Await(t, g.landed, 10*time.Second, "the hand-off's write lands")
+	require.NoError(t, g.err)
+
 	tt.WaitSynced(t, 15*time.Second)
+	require.True(t, tt.CanView(t, "alice", pool.ID))
 	_, state = connectionJobState(t, tt, "alice")
-	require.Equal(t, "completed", state)
-	require.Equal(t, 1.0, testutil.ToFloat64(tt.Metrics.SyncApplied.WithLabelValues(jobs.KeyKindConnection)),
-		"the job found its key applied and applied nothing again")
-	require.GreaterOrEqual(t, handOffs(tt, "applied"), 2.0, "the pool and the connection were handed off")
+	require.Equal(t, "completed", state, "the job ran to completion: the hand-off's fence did not delete a started job")
+	require.Equal(t, 2.0, handOffs(tt, "applied"), "the pool's and the connection's hand-offs applied")
 	tt.RequireInSync(t)
 }
 

@@ -114,7 +114,7 @@ func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (client *rive
 	}
 	enqueuer.River = client
 	if cfg.Work && cfg.HandOff.Grace > 0 {
-		enqueuer.handOff = newHandOff(syncer, cfg.HandOff)
+		enqueuer.handOff = newHandOff(syncer, client, cfg.HandOff)
 	}
 	start = func(ctx context.Context) error { return startInsertOnly(ctx, client) }
 	if lease != nil {

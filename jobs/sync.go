@@ -41,6 +41,12 @@ type SyncConnectionArgs struct {
 	// key (one entry per change): the job then always writes, even if the
 	// key is settled, and counts them repaired.
 	Repair []string `json:"repair,omitempty"`
+	// HandedOff: the change was handed off after its commit, and this job
+	// runs only because the hand-off did not record it applied. The
+	// hand-off may have written (a write that landed but answered with an
+	// error, or one that landed after another writer fenced a newer state),
+	// so the job always writes, like a retry.
+	HandedOff bool `json:"handed_off,omitempty"`
 }
 
 func (SyncConnectionArgs) Kind() string { return "tether.sync_connection" }
@@ -52,7 +58,8 @@ func (SyncConnectionArgs) InsertOpts() river.InsertOpts {
 // SyncPoolArgs names the sync key of one resource pool.
 type SyncPoolArgs struct {
 	ResourcePoolID int64    `json:"resource_pool_id"`
-	Repair         []string `json:"repair,omitempty"` // as in SyncConnectionArgs
+	Repair         []string `json:"repair,omitempty"`     // as in SyncConnectionArgs
+	HandedOff      bool     `json:"handed_off,omitempty"` // as in SyncConnectionArgs
 }
 
 func (SyncPoolArgs) Kind() string { return "tether.sync_pool" }
@@ -102,14 +109,17 @@ func (e *Enqueuer) Connections(ctx context.Context, tx pgx.Tx, providerID string
 		}); err != nil {
 			return fmt.Errorf("error marking connection key changed: %w", err)
 		}
-		opts := &river.InsertOpts{Priority: priority(revoke),
-			ScheduledAt: reserve(ctx, handOffKey{kind: KeyKindConnection, keyID: ConnectionKeyID(providerID, userID), providerID: providerID, userID: userID})}
-		if _, err := e.River.InsertTx(ctx, tx, SyncConnectionArgs{ProviderID: providerID, UserID: userID}, opts); err != nil {
+		handOff, at := reserve(ctx, handOffKey{kind: KeyKindConnection, keyID: ConnectionKeyID(providerID, userID), providerID: providerID, userID: userID})
+		res, err := e.River.InsertTx(ctx, tx, SyncConnectionArgs{ProviderID: providerID, UserID: userID, HandedOff: handOff != nil},
+			&river.InsertOpts{Priority: priority(revoke), ScheduledAt: at})
+		if err != nil {
 			return fmt.Errorf("error inserting connection sync job: %w", err)
 		}
+		handOff.setJob(res)
 		return nil
 	}
 	params := make([]river.InsertManyParams, 0, len(userIDs))
+	handOffs := make([]*handOffKey, 0, len(userIDs))
 	for _, userID := range userIDs {
 		if _, err := q.SyncBump(ctx, tx, &dbsqlc.SyncBumpParams{
 			Kind: KeyKindConnection, KeyID: ConnectionKeyID(providerID, userID),
@@ -117,14 +127,19 @@ func (e *Enqueuer) Connections(ctx context.Context, tx pgx.Tx, providerID string
 		}); err != nil {
 			return fmt.Errorf("error marking connection key changed: %w", err)
 		}
+		handOff, at := reserve(ctx, handOffKey{kind: KeyKindConnection, keyID: ConnectionKeyID(providerID, userID), providerID: providerID, userID: userID})
+		handOffs = append(handOffs, handOff)
 		params = append(params, river.InsertManyParams{
-			Args: SyncConnectionArgs{ProviderID: providerID, UserID: userID},
-			InsertOpts: &river.InsertOpts{Priority: priority(revoke),
-				ScheduledAt: reserve(ctx, handOffKey{kind: KeyKindConnection, keyID: ConnectionKeyID(providerID, userID), providerID: providerID, userID: userID})},
+			Args:       SyncConnectionArgs{ProviderID: providerID, UserID: userID, HandedOff: handOff != nil},
+			InsertOpts: &river.InsertOpts{Priority: priority(revoke), ScheduledAt: at},
 		})
 	}
-	if _, err := e.River.InsertManyTx(ctx, tx, params); err != nil {
+	results, err := e.River.InsertManyTx(ctx, tx, params)
+	if err != nil {
 		return fmt.Errorf("error inserting connection sync jobs: %w", err)
+	}
+	for i, res := range results { // in the order of params
+		handOffs[i].setJob(res)
 	}
 	return nil
 }
@@ -137,10 +152,13 @@ func (e *Enqueuer) Pool(ctx context.Context, tx pgx.Tx, poolID int64, revoke boo
 	}); err != nil {
 		return fmt.Errorf("error marking pool key changed: %w", err)
 	}
-	opts := &river.InsertOpts{Priority: priority(revoke), ScheduledAt: reserve(ctx, handOffKey{kind: KeyKindPool, keyID: keyID, poolID: poolID})}
-	if _, err := e.River.InsertTx(ctx, tx, SyncPoolArgs{ResourcePoolID: poolID}, opts); err != nil {
+	handOff, at := reserve(ctx, handOffKey{kind: KeyKindPool, keyID: keyID, poolID: poolID})
+	res, err := e.River.InsertTx(ctx, tx, SyncPoolArgs{ResourcePoolID: poolID, HandedOff: handOff != nil},
+		&river.InsertOpts{Priority: priority(revoke), ScheduledAt: at})
+	if err != nil {
 		return fmt.Errorf("error inserting pool sync job: %w", err)
 	}
+	handOff.setJob(res)
 	return nil
 }
 
@@ -232,8 +250,7 @@ func (w *ConnectionWorker) NextRetry(job *river.Job[SyncConnectionArgs]) time.Ti
 func (w *ConnectionWorker) Work(ctx context.Context, job *river.Job[SyncConnectionArgs]) error {
 	args := job.Args
 	keyID := ConnectionKeyID(args.ProviderID, args.UserID)
-	return runFenced(ctx, w.Syncer, job.JobRow, args.Repair, KeyKindConnection, keyID, w.connectionPlan(args.ProviderID, args.UserID),
-		w.failer(ctx, KeyKindConnection, keyID, job.Attempt))
+	return runFenced(ctx, w.Syncer, w.jobRun(ctx, job.JobRow, args.Repair, args.HandedOff, KeyKindConnection, keyID), w.connectionPlan(args.ProviderID, args.UserID))
 }
 
 // connectionPlan reads what a connection key's job writes:
@@ -253,11 +270,6 @@ func (s *Syncer) connectionPlan(providerID, userID string) func(context.Context)
 	}
 }
 
-// failer records a job's failed attempt on its key (see Syncer.failed).
-func (s *Syncer) failer(ctx context.Context, kind, keyID string, attempt int) func(error) error {
-	return func(err error) error { return s.failed(ctx, kind, keyID, attempt, err) }
-}
-
 // PoolWorker applies a pool key: resource_pool:R#provider to its linked
 // provider, #viewer@user:* when public, #viewer for each manual viewer, and
 // nothing else on R.
@@ -273,8 +285,7 @@ func (w *PoolWorker) NextRetry(job *river.Job[SyncPoolArgs]) time.Time {
 func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) error {
 	poolID := job.Args.ResourcePoolID
 	resourceID := fmt.Sprint(poolID)
-	return runFenced(ctx, w.Syncer, job.JobRow, job.Args.Repair, KeyKindPool, resourceID, w.poolPlan(poolID),
-		w.failer(ctx, KeyKindPool, resourceID, job.Attempt))
+	return runFenced(ctx, w.Syncer, w.jobRun(ctx, job.JobRow, job.Args.Repair, job.Args.HandedOff, KeyKindPool, resourceID), w.poolPlan(poolID))
 }
 
 // poolPlan reads what a pool key's job writes: the pool's desired
@@ -326,6 +337,27 @@ type syncPlan struct {
 	updates []spicedb.Update
 }
 
+// syncRun is one application of a key: by its job or by a hand-off.
+type syncRun struct {
+	kind, keyID string
+	// mustWrite: write even if the key looks settled (see mustWrite; and
+	// repairs: SpiceDB was changed behind the key's back).
+	mustWrite bool
+	repair    []string
+	// outboxJob is a hand-off's job, deleted with the fence that records
+	// its change applied (0: none).
+	outboxJob int64
+	// fail turns a failed plan or write into the result (a job records it
+	// on the key; a hand-off leaves the change to its job).
+	fail func(error) error
+}
+
+// jobRun is the run of a sync job.
+func (s *Syncer) jobRun(ctx context.Context, job *rivertype.JobRow, repair []string, handedOff bool, kind, keyID string) syncRun {
+	return syncRun{kind: kind, keyID: keyID, mustWrite: mustWrite(job) || len(repair) > 0 || handedOff, repair: repair,
+		fail: func(err error) error { return s.failed(ctx, kind, keyID, job.Attempt, err) }}
+}
+
 // mustWrite says a job may have written before (a retry, a rescued job, or
 // the replacement of one taken over from a dead worker), so it writes even if
 // its key looks settled.
@@ -338,13 +370,8 @@ func mustWrite(job *rivertype.JobRow) bool {
 // applied only if it is still the key's generation. If the key changed meanwhile, another job may already
 // have written the newer state before this job's write landed, so go round
 // again: the last write for a key is always made from its newest state.
-//
-// fail turns a failed plan or write into the job's result (a job records it
-// on the key; a hand-off leaves it to the job).
-func runFenced(ctx context.Context, s *Syncer, job *rivertype.JobRow, repair []string, kind, keyID string,
-	plan func(ctx context.Context) (syncPlan, error), fail func(error) error,
-) error {
-	wrote := mustWrite(job) || len(repair) > 0
+func runFenced(ctx context.Context, s *Syncer, run syncRun, plan func(ctx context.Context) (syncPlan, error)) error {
+	kind, keyID, wrote, fail := run.kind, run.keyID, run.mustWrite, run.fail
 	for round := 0; ; round++ {
 		p, err := plan(ctx)
 		if err == nil && p.settled && !wrote && round == 0 {
@@ -365,7 +392,7 @@ func runFenced(ctx context.Context, s *Syncer, job *rivertype.JobRow, repair []s
 		if err != nil {
 			return fail(err)
 		}
-		res := s.apply(writeCtx, keyAt{syncKey{kind, keyID}, p.generation}, p.updates)
+		res := s.apply(writeCtx, keyAt{syncKey: syncKey{kind, keyID}, generation: p.generation, outboxJob: run.outboxJob}, p.updates)
 		cancel()
 		s.Metrics.observeWrite(res.writeTook, res.writeErr)
 		if res.writeErr != nil {
@@ -376,7 +403,7 @@ func runFenced(ctx context.Context, s *Syncer, job *rivertype.JobRow, repair []s
 		}
 		if res.fenced {
 			s.Metrics.observeApplied(kind, round, p.changedAt)
-			s.Metrics.observeRepaired(repair)
+			s.Metrics.observeRepaired(run.repair)
 			if s.OnApplied != nil {
 				s.OnApplied(kind, keyID, res.token, res.writtenAt)
 			}
