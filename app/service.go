@@ -77,12 +77,17 @@ func (s *Service) inTx(ctx context.Context, fn func(ctx context.Context, tx pgx.
 		return unavailable(fmt.Errorf("error beginning transaction: %w", err))
 	}
 	defer tx.Rollback(ctx)
+	ctx, handOff := s.Enqueuer.BeginHandOff(ctx)
+	defer handOff.Release()
 	if err := fn(ctx, tx); err != nil {
 		return unavailable(err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return unavailable(fmt.Errorf("error committing: %w", err))
 	}
+	// The change is durable (its job is the outbox): apply it now rather
+	// than when River would start the job.
+	handOff.Committed()
 	return nil
 }
 

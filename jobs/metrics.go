@@ -31,6 +31,8 @@ type Metrics struct {
 	// ReconcileFallbacks counts reconciles that found a stream out of order
 	// and compared in Postgres instead.
 	ReconcileFallbacks prometheus.Counter
+	// HandOffs counts changes handed off after their commit, by result.
+	HandOffs *prometheus.CounterVec
 	// Heal are the watcher's, restores' and reschedules' metrics.
 	Heal *HealMetrics
 }
@@ -73,9 +75,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tether_reconcile_stream_fallbacks_total",
 			Help: "Reconciles that found SpiceDB's export or the desired relationships out of byte order and compared them in Postgres instead of merging the streams.",
 		}),
+		HandOffs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_sync_handoffs_total",
+			Help: "Changes applied in the committing process right after their commit, by result (applied; left_to_job: failed or out of time, its job applies it; dropped: a test's fault).",
+		}, []string{"result"}),
 	}
 	reg.MustRegister(m.SpiceDBWriteSeconds, m.SyncLagSeconds, m.SyncApplied, m.SyncFenceRetries, m.SyncFailures, m.Jobs, m.JobsReclaimed,
-		m.ReconcileFallbacks)
+		m.ReconcileFallbacks, m.HandOffs)
 	m.Heal = newHealMetrics(reg)
 	return m
 }
@@ -103,6 +109,13 @@ func (m *Metrics) observeFenceRetries(n int) {
 		return
 	}
 	m.SyncFenceRetries.Add(float64(n))
+}
+
+func (m *Metrics) observeHandOff(result string) {
+	if m == nil {
+		return
+	}
+	m.HandOffs.WithLabelValues(result).Inc()
 }
 
 func (m *Metrics) observeReclaimed(jobKind string) {

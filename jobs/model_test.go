@@ -16,6 +16,7 @@ import (
 	"pgregory.net/rapid"
 
 	"github.com/tetherhq/tether/app"
+	"github.com/tetherhq/tether/internal/config"
 	"github.com/tetherhq/tether/internal/devtools/testenv"
 	"github.com/tetherhq/tether/jobs"
 	"github.com/tetherhq/tether/jobs/spicedb"
@@ -53,7 +54,7 @@ func (m *model) canView(user string, poolID int64) bool {
 // view and the model must agree exactly, and a full ReadRelationships dump
 // must equal the relationships derived from Postgres.
 // TETHER_MODEL_SEQUENCES (default 1000) sets the number of sequences,
-// spread over four engines.
+// spread over four engines, two of which hand changes off after the commit.
 func TestModel(t *testing.T) {
 	t.Parallel()
 	total := 1000
@@ -85,6 +86,13 @@ func TestModel(t *testing.T) {
 					c.DialOptions = append(c.DialOptions, f.interceptor())
 				},
 				Client: func(c *jobs.ClientConfig) { c.MaxWorkers = 8 },
+				// Half the engines hand their changes off after the commit
+				// (TETHER_SYNC_HANDOFF_GRACE), half leave them all to River.
+				Config: func(c *config.Config) {
+					if e%2 == 1 {
+						c.HandOffGrace = 2 * time.Second
+					}
+				},
 			})
 			outside := &outsideWorld{proc: proc, client: testenv.ForeignClient(t, proc.Config())}
 			var seq atomic.Int64

@@ -46,6 +46,9 @@ type ClientConfig struct {
 	// Heal configures self-healing in a working client's process (watch,
 	// restore, reschedule): see HealConfig and Syncer.StartHealing.
 	Heal HealConfig
+	// HandOff, with a Grace, applies the changes this process commits right
+	// after their commit (only where it also works jobs and serves the API).
+	HandOff HandOffConfig
 }
 
 // DefaultClientConfig are the production defaults.
@@ -110,6 +113,9 @@ func NewClient(db *pgxpool.Pool, syncer *Syncer, cfg ClientConfig) (client *rive
 		return nil, nil, nil, fmt.Errorf("error creating River client: %w", err)
 	}
 	enqueuer.River = client
+	if cfg.Work && cfg.HandOff.Grace > 0 {
+		enqueuer.handOff = newHandOff(syncer, client, cfg.HandOff)
+	}
 	start = func(ctx context.Context) error { return startInsertOnly(ctx, client) }
 	if lease != nil {
 		w := &workerRuntime{jobsDB: db, lease: lease,

@@ -41,6 +41,12 @@ type SyncConnectionArgs struct {
 	// key (one entry per change): the job then always writes, even if the
 	// key is settled, and counts them repaired.
 	Repair []string `json:"repair,omitempty"`
+	// HandedOff: the change was handed off after its commit, and this job
+	// runs only because the hand-off did not record it applied. The
+	// hand-off may have written (a write that landed but answered with an
+	// error, or one that landed after another writer fenced a newer state),
+	// so the job always writes, like a retry.
+	HandedOff bool `json:"handed_off,omitempty"`
 }
 
 func (SyncConnectionArgs) Kind() string { return "tether.sync_connection" }
@@ -52,7 +58,8 @@ func (SyncConnectionArgs) InsertOpts() river.InsertOpts {
 // SyncPoolArgs names the sync key of one resource pool.
 type SyncPoolArgs struct {
 	ResourcePoolID int64    `json:"resource_pool_id"`
-	Repair         []string `json:"repair,omitempty"` // as in SyncConnectionArgs
+	Repair         []string `json:"repair,omitempty"`     // as in SyncConnectionArgs
+	HandedOff      bool     `json:"handed_off,omitempty"` // as in SyncConnectionArgs
 }
 
 func (SyncPoolArgs) Kind() string { return "tether.sync_pool" }
@@ -77,6 +84,9 @@ func Backoff(attempt int, max time.Duration) time.Duration {
 // caller's transaction (the transactional outbox).
 type Enqueuer struct {
 	River *river.Client[pgx.Tx]
+	// handOff, if set, applies changes committed in this process right after
+	// their commit (see BeginHandOff).
+	handOff *handOff
 }
 
 // Connection marks the connection key (providerID, userID) changed. revoke
@@ -99,13 +109,17 @@ func (e *Enqueuer) Connections(ctx context.Context, tx pgx.Tx, providerID string
 		}); err != nil {
 			return fmt.Errorf("error marking connection key changed: %w", err)
 		}
-		if _, err := e.River.InsertTx(ctx, tx, SyncConnectionArgs{ProviderID: providerID, UserID: userID},
-			&river.InsertOpts{Priority: priority(revoke)}); err != nil {
+		handOff, at := reserve(ctx, handOffKey{kind: KeyKindConnection, keyID: ConnectionKeyID(providerID, userID), providerID: providerID, userID: userID})
+		res, err := e.River.InsertTx(ctx, tx, SyncConnectionArgs{ProviderID: providerID, UserID: userID, HandedOff: handOff != nil},
+			&river.InsertOpts{Priority: priority(revoke), ScheduledAt: at})
+		if err != nil {
 			return fmt.Errorf("error inserting connection sync job: %w", err)
 		}
+		handOff.setJob(res)
 		return nil
 	}
 	params := make([]river.InsertManyParams, 0, len(userIDs))
+	handOffs := make([]*handOffKey, 0, len(userIDs))
 	for _, userID := range userIDs {
 		if _, err := q.SyncBump(ctx, tx, &dbsqlc.SyncBumpParams{
 			Kind: KeyKindConnection, KeyID: ConnectionKeyID(providerID, userID),
@@ -113,13 +127,19 @@ func (e *Enqueuer) Connections(ctx context.Context, tx pgx.Tx, providerID string
 		}); err != nil {
 			return fmt.Errorf("error marking connection key changed: %w", err)
 		}
+		handOff, at := reserve(ctx, handOffKey{kind: KeyKindConnection, keyID: ConnectionKeyID(providerID, userID), providerID: providerID, userID: userID})
+		handOffs = append(handOffs, handOff)
 		params = append(params, river.InsertManyParams{
-			Args:       SyncConnectionArgs{ProviderID: providerID, UserID: userID},
-			InsertOpts: &river.InsertOpts{Priority: priority(revoke)},
+			Args:       SyncConnectionArgs{ProviderID: providerID, UserID: userID, HandedOff: handOff != nil},
+			InsertOpts: &river.InsertOpts{Priority: priority(revoke), ScheduledAt: at},
 		})
 	}
-	if _, err := e.River.InsertManyTx(ctx, tx, params); err != nil {
+	results, err := e.River.InsertManyTx(ctx, tx, params)
+	if err != nil {
 		return fmt.Errorf("error inserting connection sync jobs: %w", err)
+	}
+	for i, res := range results { // in the order of params
+		handOffs[i].setJob(res)
 	}
 	return nil
 }
@@ -132,9 +152,13 @@ func (e *Enqueuer) Pool(ctx context.Context, tx pgx.Tx, poolID int64, revoke boo
 	}); err != nil {
 		return fmt.Errorf("error marking pool key changed: %w", err)
 	}
-	if _, err := e.River.InsertTx(ctx, tx, SyncPoolArgs{ResourcePoolID: poolID}, &river.InsertOpts{Priority: priority(revoke)}); err != nil {
+	handOff, at := reserve(ctx, handOffKey{kind: KeyKindPool, keyID: keyID, poolID: poolID})
+	res, err := e.River.InsertTx(ctx, tx, SyncPoolArgs{ResourcePoolID: poolID, HandedOff: handOff != nil},
+		&river.InsertOpts{Priority: priority(revoke), ScheduledAt: at})
+	if err != nil {
 		return fmt.Errorf("error inserting pool sync job: %w", err)
 	}
+	handOff.setJob(res)
 	return nil
 }
 
@@ -226,17 +250,24 @@ func (w *ConnectionWorker) NextRetry(job *river.Job[SyncConnectionArgs]) time.Ti
 func (w *ConnectionWorker) Work(ctx context.Context, job *river.Job[SyncConnectionArgs]) error {
 	args := job.Args
 	keyID := ConnectionKeyID(args.ProviderID, args.UserID)
-	rel := spicedb.Relationship{ResourceType: spicedb.TypeOAuth2Client, ResourceID: args.ProviderID, Relation: spicedb.RelConnected, SubjectType: spicedb.TypeUser, SubjectID: spicedb.SubjectID(args.UserID)}
-	return runFenced(ctx, w.Syncer, job.JobRow, args.Repair, KeyKindConnection, keyID, func(ctx context.Context) (syncPlan, error) {
-		desired, err := dbsqlc.New().SyncConnectionDesired(ctx, w.DB, &dbsqlc.SyncConnectionDesiredParams{
-			KeyID: keyID, ProviderID: args.ProviderID, UserID: args.UserID,
+	return runFenced(ctx, w.Syncer, w.jobRun(ctx, job.JobRow, args.Repair, args.HandedOff, KeyKindConnection, keyID), w.connectionPlan(args.ProviderID, args.UserID))
+}
+
+// connectionPlan reads what a connection key's job writes:
+// oauth2_client:P#connected@user:U, or its deletion.
+func (s *Syncer) connectionPlan(providerID, userID string) func(context.Context) (syncPlan, error) {
+	keyID := ConnectionKeyID(providerID, userID)
+	rel := spicedb.Relationship{ResourceType: spicedb.TypeOAuth2Client, ResourceID: providerID, Relation: spicedb.RelConnected, SubjectType: spicedb.TypeUser, SubjectID: spicedb.SubjectID(userID)}
+	return func(ctx context.Context) (syncPlan, error) {
+		desired, err := dbsqlc.New().SyncConnectionDesired(ctx, s.DB, &dbsqlc.SyncConnectionDesiredParams{
+			KeyID: keyID, ProviderID: providerID, UserID: userID,
 		})
 		if err != nil {
 			return syncPlan{}, fmt.Errorf("error reading connection state: %w", err)
 		}
 		return syncPlan{generation: desired.Generation, changedAt: desired.ChangedAt, settled: desired.Settled,
 			updates: []spicedb.Update{{Relationship: rel, Delete: !desired.Connected}}}, nil
-	})
+	}
 }
 
 // PoolWorker applies a pool key: resource_pool:R#provider to its linked
@@ -254,8 +285,16 @@ func (w *PoolWorker) NextRetry(job *river.Job[SyncPoolArgs]) time.Time {
 func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) error {
 	poolID := job.Args.ResourcePoolID
 	resourceID := fmt.Sprint(poolID)
-	return runFenced(ctx, w.Syncer, job.JobRow, job.Args.Repair, KeyKindPool, resourceID, func(ctx context.Context) (syncPlan, error) {
-		desired, err := dbsqlc.New().SyncPoolDesired(ctx, w.DB, &dbsqlc.SyncPoolDesiredParams{KeyID: resourceID, ResourcePoolID: poolID})
+	return runFenced(ctx, w.Syncer, w.jobRun(ctx, job.JobRow, job.Args.Repair, job.Args.HandedOff, KeyKindPool, resourceID), w.poolPlan(poolID))
+}
+
+// poolPlan reads what a pool key's job writes: the pool's desired
+// relationships from Postgres, and the deletion of any other SpiceDB holds
+// on it.
+func (s *Syncer) poolPlan(poolID int64) func(context.Context) (syncPlan, error) {
+	resourceID := fmt.Sprint(poolID)
+	return func(ctx context.Context) (syncPlan, error) {
+		desired, err := dbsqlc.New().SyncPoolDesired(ctx, s.DB, &dbsqlc.SyncPoolDesiredParams{KeyID: resourceID, ResourcePoolID: poolID})
 		if err != nil {
 			return syncPlan{}, fmt.Errorf("error reading pool state: %w", err)
 		}
@@ -271,7 +310,7 @@ func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) err
 				want[spicedb.Relationship{ResourceType: spicedb.TypeResourcePool, ResourceID: resourceID, Relation: spicedb.RelViewer, SubjectType: spicedb.TypeUser, SubjectID: subject}] = true
 			}
 		}
-		actual, err := w.SpiceDB.ReadResource(ctx, spicedb.TypeResourcePool, resourceID)
+		actual, err := s.SpiceDB.ReadResource(ctx, spicedb.TypeResourcePool, resourceID)
 		if err != nil {
 			return syncPlan{}, err
 		}
@@ -285,7 +324,7 @@ func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) err
 			}
 		}
 		return syncPlan{generation: desired.Generation, changedAt: desired.ChangedAt, settled: desired.Settled, updates: updates}, nil
-	})
+	}
 }
 
 // syncPlan is what a key's job writes, read in one snapshot with the key's
@@ -296,6 +335,27 @@ type syncPlan struct {
 	// settled: every committed change of the key is applied already.
 	settled bool
 	updates []spicedb.Update
+}
+
+// syncRun is one application of a key: by its job or by a hand-off.
+type syncRun struct {
+	kind, keyID string
+	// mustWrite: write even if the key looks settled (see mustWrite; and
+	// repairs: SpiceDB was changed behind the key's back).
+	mustWrite bool
+	repair    []string
+	// outboxJob is a hand-off's job, deleted with the fence that records
+	// its change applied (0: none).
+	outboxJob int64
+	// fail turns a failed plan or write into the result (a job records it
+	// on the key; a hand-off leaves the change to its job).
+	fail func(error) error
+}
+
+// jobRun is the run of a sync job.
+func (s *Syncer) jobRun(ctx context.Context, job *rivertype.JobRow, repair []string, handedOff bool, kind, keyID string) syncRun {
+	return syncRun{kind: kind, keyID: keyID, mustWrite: mustWrite(job) || len(repair) > 0 || handedOff, repair: repair,
+		fail: func(err error) error { return s.failed(ctx, kind, keyID, job.Attempt, err) }}
 }
 
 // mustWrite says a job may have written before (a retry, a rescued job, or
@@ -310,10 +370,8 @@ func mustWrite(job *rivertype.JobRow) bool {
 // applied only if it is still the key's generation. If the key changed meanwhile, another job may already
 // have written the newer state before this job's write landed, so go round
 // again: the last write for a key is always made from its newest state.
-func runFenced(ctx context.Context, s *Syncer, job *rivertype.JobRow, repair []string, kind, keyID string,
-	plan func(ctx context.Context) (syncPlan, error),
-) error {
-	attempt, wrote := job.Attempt, mustWrite(job) || len(repair) > 0
+func runFenced(ctx context.Context, s *Syncer, run syncRun, plan func(ctx context.Context) (syncPlan, error)) error {
+	kind, keyID, wrote, fail := run.kind, run.keyID, run.mustWrite, run.fail
 	for round := 0; ; round++ {
 		p, err := plan(ctx)
 		if err == nil && p.settled && !wrote && round == 0 {
@@ -326,26 +384,26 @@ func runFenced(ctx context.Context, s *Syncer, job *rivertype.JobRow, repair []s
 			return nil
 		}
 		if err != nil {
-			return s.failed(ctx, kind, keyID, attempt, err)
+			return fail(err)
 		}
 		// Bounded by this process's worker lease: no write of a job that
 		// another worker may take over lands after the takeover.
 		writeCtx, cancel, err := leaseWriteContext(ctx)
 		if err != nil {
-			return s.failed(ctx, kind, keyID, attempt, err)
+			return fail(err)
 		}
-		res := s.apply(writeCtx, keyAt{syncKey{kind, keyID}, p.generation}, p.updates)
+		res := s.apply(writeCtx, keyAt{syncKey: syncKey{kind, keyID}, generation: p.generation, outboxJob: run.outboxJob}, p.updates)
 		cancel()
 		s.Metrics.observeWrite(res.writeTook, res.writeErr)
 		if res.writeErr != nil {
-			return s.failed(ctx, kind, keyID, attempt, res.writeErr)
+			return fail(res.writeErr)
 		}
 		if res.fenceErr != nil {
 			return res.fenceErr
 		}
 		if res.fenced {
 			s.Metrics.observeApplied(kind, round, p.changedAt)
-			s.Metrics.observeRepaired(repair)
+			s.Metrics.observeRepaired(run.repair)
 			if s.OnApplied != nil {
 				s.OnApplied(kind, keyID, res.token, res.writtenAt)
 			}

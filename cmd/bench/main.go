@@ -41,6 +41,8 @@ type Results struct {
 	Started  time.Time      `json:"started"`
 	Duration string         `json:"duration"`
 	Metrics  []Metric       `json:"metrics"`
+	// Costs are the cost tables of the loaded phases (scenario 4).
+	Costs []*CostTable `json:"costs,omitempty"`
 }
 
 func main() {
@@ -105,8 +107,12 @@ func run(ctx context.Context) error {
 		}
 	}
 	res.Duration = time.Since(res.Started).Round(time.Second).String()
+	res.Costs = b.costs
 	printTable(os.Stdout, res)
-	return writeResults(out, res, b.cdfs)
+	for _, c := range res.Costs {
+		printCost(os.Stdout, c)
+	}
+	return writeResults(out, res, b)
 }
 
 // onlyScenarios parses BENCH_ONLY, a comma-separated list of scenario ids;
@@ -139,10 +145,10 @@ func runScenario(ctx context.Context, b *bench, sc scenario) []Metric {
 	return metrics
 }
 
-// writeResults writes res as indented JSON to out and, when a scenario
-// collected latency CDFs, their plot beside it (out without .json, plus
-// -cdf.svg).
-func writeResults(out string, res *Results, cdfs []cdfSeries) error {
+// writeResults writes res as indented JSON to out and, for each plot of
+// latency CDFs the scenarios collected, an SVG beside it (out without
+// .json, plus -cdf.svg or -cdf-capacity.svg).
+func writeResults(out string, res *Results, b *bench) error {
 	f, err := os.Create(out)
 	if err != nil {
 		return err
@@ -155,15 +161,15 @@ func writeResults(out string, res *Results, cdfs []cdfSeries) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	plot := strings.TrimSuffix(out, ".json") + "-cdf.svg"
-	if len(cdfs) > 0 {
-		if err := os.WriteFile(plot, renderCDF(cdfs), 0o644); err != nil {
+	written := []string{out}
+	for _, name := range b.cdfOrder {
+		plot := strings.TrimSuffix(out, ".json") + "-" + name + ".svg"
+		if err := os.WriteFile(plot, renderCDF(cdfTitles[name], b.cdfs[name]), 0o644); err != nil {
 			return err
 		}
-		fmt.Printf("\nwrote %s and %s\n", out, plot)
-	} else {
-		fmt.Printf("\nwrote %s\n", out)
+		written = append(written, plot)
 	}
+	fmt.Printf("\nwrote %s\n", strings.Join(written, ", "))
 	return nil
 }
 

@@ -7,6 +7,23 @@ import (
 	"time"
 )
 
+// addCDF adds a series to the plot named plot.
+func (b *bench) addCDF(plot string, s cdfSeries) {
+	if b.cdfs == nil {
+		b.cdfs = map[string][]cdfSeries{}
+	}
+	if _, ok := b.cdfs[plot]; !ok {
+		b.cdfOrder = append(b.cdfOrder, plot)
+	}
+	b.cdfs[plot] = append(b.cdfs[plot], s)
+}
+
+// cdfTitles are the plots' titles.
+var cdfTitles = map[string]string{
+	"cdf":          "Tether: commit → SpiceDB write applied (CDF), scenario 2",
+	"cdf-capacity": "Tether: commit → applied at 10 / 50 / 80 % of capacity (CDF), scenario 4",
+}
+
 type cdfSeries struct {
 	label  string
 	values []time.Duration // sorted
@@ -14,7 +31,7 @@ type cdfSeries struct {
 }
 
 // renderCDF draws the latency CDFs (log-scaled x axis) as a standalone SVG.
-func renderCDF(series []cdfSeries) []byte {
+func renderCDF(title string, series []cdfSeries) []byte {
 	const w, h, left, right, top, bottom = 960, 440, 70, 390, 40, 50
 	pw, ph := float64(w-left-right), float64(h-top-bottom)
 	minMs, maxMs := 0.1, 10.0
@@ -32,7 +49,7 @@ func renderCDF(series []cdfSeries) []byte {
 	colors := []string{"#2f6fed", "#18794e", "#c62828", "#8a6d00", "#6b3fa0"}
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`, w, h)
-	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/><text x="%d" y="24" font-size="15">Tether: commit → SpiceDB write applied (CDF)</text>`, left)
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/><text x="%d" y="24" font-size="15">%s</text>`, left, title)
 	for d := minMs; d <= maxMs*1.001; d *= 10 {
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ddd"/><text x="%.1f" y="%d" text-anchor="middle">%g ms</text>`,
 			x(d), top, x(d), h-bottom, x(d), h-bottom+16, d)

@@ -153,7 +153,7 @@ func scenarioConsistency(ctx context.Context, b *bench) ([]Metric, error) {
 	for _, rate := range []int{50, 200, 1000} {
 		a := tuned[rate]
 		applied, checked := a.latencies(a.applied), a.latencies(a.checked)
-		b.cdfs = append(b.cdfs, cdfSeries{label: fmt.Sprintf("%d changes/s", rate), values: applied})
+		b.addCDF("cdf", cdfSeries{label: fmt.Sprintf("%d changes/s", rate), values: applied})
 		for _, p := range []struct {
 			name   string
 			q      float64
@@ -174,6 +174,6 @@ func scenarioConsistency(ctx context.Context, b *bench) ([]Metric, error) {
 			Baseline: "commit → applied p50, same run", BaselineValue: ms(percentile(applied, 0.5)), Ratio: ratio(cv, ms(percentile(applied, 0.5))),
 			Notes: []string{fmt.Sprintf("%d of %d checks saw the grant at the write's ZedToken", len(checked), len(applied))}})
 	}
-	b.cdfs = append(b.cdfs, cdfSeries{label: "baseline 200/s (River defaults)", values: baseApplied, dashed: true})
+	b.addCDF("cdf", cdfSeries{label: "baseline 200/s (River defaults)", values: baseApplied, dashed: true})
 	return out, nil
 }

@@ -38,8 +38,12 @@ type bench struct {
 	keys            *keyring.Ring
 	keySpec         string // keys as TETHER_ENCRYPTION_KEYS (for worker processes)
 	secret          []byte
-	cdfs            []cdfSeries
-	dbCounter       int
+	// cdfs are latency CDFs by plot (a file name suffix), in the order added.
+	cdfs     map[string][]cdfSeries
+	cdfOrder []string
+	// costs are the cost tables the scenarios measured.
+	costs     []*CostTable
+	dbCounter int
 	// rawCeiling is the best raw pgx write rate of scenario 1, the
 	// machine's own limit for the write path.
 	rawCeiling float64
@@ -116,6 +120,7 @@ func (b *bench) database(ctx context.Context, migrate bool) (string, error) {
 type spiceProcess struct {
 	bin, endpoint, token string
 	dbURL                string // its datastore
+	metricsAddr          string // its Prometheus metrics (the cost table counts its calls)
 	args                 []string
 	cmd                  *exec.Cmd
 	logPath              string
@@ -140,11 +145,17 @@ func (b *bench) spicedb(ctx context.Context) (*spiceProcess, error) {
 	}
 	endpoint := l.Addr().String()
 	l.Close()
-	p := &spiceProcess{bin: bin, endpoint: endpoint, token: devstack.RandomSecret(), dbURL: uri,
+	ml, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	metricsAddr := ml.Addr().String()
+	ml.Close()
+	p := &spiceProcess{bin: bin, endpoint: endpoint, token: devstack.RandomSecret(), dbURL: uri, metricsAddr: metricsAddr,
 		logPath: filepath.Join(b.dir, fmt.Sprintf("spicedb-%d.log", b.dbCounter))}
 	p.args = []string{"serve", "--skip-release-check", "--telemetry-endpoint=", "--grpc-preshared-key", p.token,
 		"--datastore-engine", "postgres", "--datastore-conn-uri", uri, "--grpc-addr", endpoint,
-		"--http-enabled=false", "--dispatch-cluster-enabled=false", "--metrics-enabled=false"}
+		"--http-enabled=false", "--dispatch-cluster-enabled=false", "--metrics-enabled=true", "--metrics-addr", metricsAddr}
 	return p, p.start()
 }
 
@@ -271,6 +282,13 @@ func (b *bench) config(dbURL string, proc *spiceProcess, o engineOpts) (*config.
 	cfg.AuthHMACSecret = b.secret
 	cfg.ReconcileInterval = 0
 	cfg.WriteFlushers = flushers()
+	if v := os.Getenv("TETHER_SYNC_HANDOFF_GRACE"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return nil, fmt.Errorf("TETHER_SYNC_HANDOFF_GRACE: %w", err)
+		}
+		cfg.HandOffGrace = d
+	}
 	if o.maxWorkers > 0 {
 		cfg.MaxWorkers = o.maxWorkers
 	}
@@ -345,6 +363,16 @@ func (e *engine) onApplied(kind, keyID string, f func(token string, writtenAt ti
 
 // waitSynced waits until no key has an unapplied change and no sync job is left.
 func (e *engine) waitSynced(ctx context.Context, timeout time.Duration) error {
+	return e.wait(ctx, timeout, true)
+}
+
+// waitApplied waits until no key has an unapplied change; jobs may be left
+// (the outbox of changes handed off, which find their key applied).
+func (e *engine) waitApplied(ctx context.Context, timeout time.Duration) error {
+	return e.wait(ctx, timeout, false)
+}
+
+func (e *engine) wait(ctx context.Context, timeout time.Duration, jobs bool) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		// Probes that stop at the first row (the pending keys' partial
@@ -353,7 +381,8 @@ func (e *engine) waitSynced(ctx context.Context, timeout time.Duration) error {
 		// are large, and slows the drain it waits for.
 		var pending, left bool
 		err := e.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM sync_state WHERE pending_since IS NOT NULL),
-			EXISTS (SELECT 1 FROM river_job WHERE state IN ('available','running','retryable','scheduled','pending') AND kind LIKE 'tether.sync_%')`).Scan(&pending, &left)
+			$1::bool AND EXISTS (SELECT 1 FROM river_job WHERE state IN ('available','running','retryable','scheduled','pending') AND kind LIKE 'tether.sync_%')`,
+			jobs).Scan(&pending, &left)
 		if err != nil {
 			return err
 		}

@@ -156,6 +156,79 @@ func (q *Queries) SyncFenceMany(ctx context.Context, db DBTX, arg *SyncFenceMany
 	return items, nil
 }
 
+const syncFenceManyOutbox = `-- name: SyncFenceManyOutbox :many
+WITH k AS (
+    SELECT unnest($1::text[]) AS kind, unnest($2::text[]) AS key_id, unnest($3::bigint[]) AS generation,
+           unnest($4::bigint[]) AS outbox_job
+), locked AS (
+    SELECT s.kind, s.key_id FROM sync_state s
+    JOIN k ON k.kind = s.kind AND k.key_id = s.key_id AND k.generation = s.generation
+    FOR UPDATE OF s SKIP LOCKED
+), fenced AS (
+    UPDATE sync_state s SET
+        applied_generation = generation,
+        applied_at = now(),
+        zedtoken = $5,
+        pending_since = NULL,
+        revoke_pending_since = NULL,
+        last_error = NULL,
+        last_error_at = NULL,
+        stalled = false
+    FROM locked l
+    WHERE s.kind = l.kind AND s.key_id = l.key_id
+    RETURNING s.kind, s.key_id
+), outbox_done AS (
+    DELETE FROM river_job j USING k, fenced f
+    WHERE f.kind = k.kind AND f.key_id = k.key_id AND j.id = k.outbox_job AND k.outbox_job <> 0 AND j.state = 'scheduled'
+)
+SELECT fenced.kind, fenced.key_id FROM fenced
+`
+
+type SyncFenceManyOutboxParams struct {
+	Kinds       []string
+	KeyIds      []string
+	Generations []int64
+	OutboxJobs  []int64
+	Zedtoken    *string
+}
+
+type SyncFenceManyOutboxRow struct {
+	Kind  string
+	KeyID string
+}
+
+// SyncFenceMany for keys handed off after their commit: a key fenced here has
+// its change applied, so its job (the outbox, scheduled a grace ahead and not
+// yet started) has nothing left to do and is deleted in the same statement
+// and commit: one row write instead of River's schedule, fetch, completion and
+// cleanup. A job that has started already (state no longer scheduled) is left
+// to run; it finds its key applied.
+func (q *Queries) SyncFenceManyOutbox(ctx context.Context, db DBTX, arg *SyncFenceManyOutboxParams) ([]*SyncFenceManyOutboxRow, error) {
+	rows, err := db.Query(ctx, syncFenceManyOutbox,
+		arg.Kinds,
+		arg.KeyIds,
+		arg.Generations,
+		arg.OutboxJobs,
+		arg.Zedtoken,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []*SyncFenceManyOutboxRow
+	for rows.Next() {
+		var i SyncFenceManyOutboxRow
+		if err := rows.Scan(&i.Kind, &i.KeyID); err != nil {
+			return nil, err
+		}
+		items = append(items, &i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const syncGenerationsChanged = `-- name: SyncGenerationsChanged :many
 WITH k AS (
     SELECT unnest($1::text[]) AS kind, unnest($2::text[]) AS key_id, unnest($3::bigint[]) AS generation

@@ -101,3 +101,36 @@ WHERE COALESCE(s.generation, 0) <> k.generation;
 -- name: SyncPoolStates :many
 SELECT resource_pool_id::bigint AS resource_pool_id, generation, applied_generation, applied_at, last_error
 FROM sync_state WHERE kind = 'pool' AND resource_pool_id = ANY(@ids::bigint[]);
+
+-- name: SyncFenceManyOutbox :many
+-- SyncFenceMany for keys handed off after their commit: a key fenced here has
+-- its change applied, so its job (the outbox, scheduled a grace ahead and not
+-- yet started) has nothing left to do and is deleted in the same statement
+-- and commit: one row write instead of River's schedule, fetch, completion and
+-- cleanup. A job that has started already (state no longer scheduled) is left
+-- to run; it finds its key applied.
+WITH k AS (
+    SELECT unnest(@kinds::text[]) AS kind, unnest(@key_ids::text[]) AS key_id, unnest(@generations::bigint[]) AS generation,
+           unnest(@outbox_jobs::bigint[]) AS outbox_job
+), locked AS (
+    SELECT s.kind, s.key_id FROM sync_state s
+    JOIN k ON k.kind = s.kind AND k.key_id = s.key_id AND k.generation = s.generation
+    FOR UPDATE OF s SKIP LOCKED
+), fenced AS (
+    UPDATE sync_state s SET
+        applied_generation = generation,
+        applied_at = now(),
+        zedtoken = @zedtoken,
+        pending_since = NULL,
+        revoke_pending_since = NULL,
+        last_error = NULL,
+        last_error_at = NULL,
+        stalled = false
+    FROM locked l
+    WHERE s.kind = l.kind AND s.key_id = l.key_id
+    RETURNING s.kind, s.key_id
+), outbox_done AS (
+    DELETE FROM river_job j USING k, fenced f
+    WHERE f.kind = k.kind AND f.key_id = k.key_id AND j.id = k.outbox_job AND k.outbox_job <> 0 AND j.state = 'scheduled'
+)
+SELECT fenced.kind, fenced.key_id FROM fenced;

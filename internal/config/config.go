@@ -55,6 +55,11 @@ type Workers struct {
 	// reschedules after outages; off leaves all of it to the periodic
 	// reconcile and `tether reconcile`.
 	SelfHealing bool
+	// HandOffGrace, when not 0, applies the changes a process that both
+	// serves the API and works jobs commits right after their commit; their
+	// jobs, the durable outbox, are scheduled this far ahead and apply what
+	// a hand-off did not (the process died, the write failed).
+	HandOffGrace time.Duration
 }
 
 // Server is the HTTP side of serve.

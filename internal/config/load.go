@@ -74,6 +74,10 @@ func (r *reader) workers(w *Workers) {
 	w.ReconcileInterval = r.duration("TETHER_RECONCILE_INTERVAL", w.ReconcileInterval)
 	w.RetryMaxBackoff = r.duration("TETHER_RETRY_MAX_BACKOFF", w.RetryMaxBackoff)
 	w.SelfHealing = r.boolean("TETHER_SELF_HEALING", w.SelfHealing)
+	w.HandOffGrace = r.duration("TETHER_SYNC_HANDOFF_GRACE", w.HandOffGrace)
+	if w.HandOffGrace != 0 && (w.HandOffGrace < 200*time.Millisecond || w.HandOffGrace > time.Minute) {
+		r.bad("TETHER_SYNC_HANDOFF_GRACE", "must be 0 (off) or from 200ms to 1m (how long a handed-off change's job waits), got %s", w.HandOffGrace)
+	}
 	if w.RescueStuckJobsAfter <= w.JobTimeout {
 		r.bad("TETHER_RESCUE_STUCK_JOBS_AFTER", "must be longer than TETHER_JOB_TIMEOUT (%s), or running jobs are rescued while they run", w.JobTimeout)
 	}

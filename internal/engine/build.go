@@ -130,6 +130,9 @@ func (e *Engine) buildSync() error {
 		WorkerLeaseTTL: cfg.WorkerLeaseTTL, Logger: e.opts.RiverLogger, Heal: jobs.DefaultHealConfig(),
 	}
 	clientCfg.Heal.Enabled = cfg.SelfHealing
+	if e.Role.works() && e.Role.servesAPI() {
+		clientCfg.HandOff.Grace = cfg.HandOffGrace
+	}
 	if e.Tracer != nil {
 		clientCfg.Plugins = append(clientCfg.Plugins, telemetry.RiverPlugin(e.Tracer))
 	}

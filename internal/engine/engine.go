@@ -239,6 +239,11 @@ func (e *Engine) stop(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("HTTP shutdown incomplete: %w", err))
 		}
 	}
+	if e.Enqueuer != nil {
+		// No request commits any more: let the last hand-offs finish
+		// before the batcher under them closes.
+		e.Enqueuer.CloseHandOffs(ctx)
+	}
 	e.StopHealing()
 	if e.Role.works() {
 		if err := e.stopRiver(ctx); err != nil {
