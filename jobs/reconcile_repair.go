@@ -20,6 +20,10 @@ const (
 	importWorkers  = 4
 )
 
+// RestoreImportPageSize and RestoreImportWorkers are a restore's import pages
+// and concurrency (the bench measures SpiceDB's own import with the same).
+const RestoreImportPageSize, RestoreImportWorkers = importPageSize, importWorkers
+
 // repairPage is one page of drift, classified: what to write and the keys'
 // generations in the snapshot the diff was computed from.
 type repairPage struct {

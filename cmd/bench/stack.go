@@ -198,7 +198,7 @@ func (p *spiceProcess) config() spicedb.Config {
 // engineOpts choose how a Tether engine is tuned.
 type engineOpts struct {
 	workers       bool
-	riverDefaults bool // River's FetchCooldown 100 ms / FetchPollInterval 1 s, no group commit
+	riverDefaults bool // River's FetchCooldown 100 ms / FetchPollInterval 1 s, no group commit, no hand-off
 	http          bool
 	maxWorkers    int
 	noHeal        bool // no watcher, restores or reschedules (a baseline without them)
@@ -295,6 +295,7 @@ func (b *bench) config(dbURL string, proc *spiceProcess, o engineOpts) (*config.
 	if o.riverDefaults {
 		cfg.FetchCooldown, cfg.FetchPollInterval = 100*time.Millisecond, time.Second
 		cfg.WriteFlushers = 0
+		cfg.HandOffGrace = 0
 	}
 	return &cfg, nil
 }

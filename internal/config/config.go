@@ -118,6 +118,7 @@ func Defaults() Config {
 			RetryMaxBackoff:      10 * time.Second,
 			WriteFlushers:        4,
 			SelfHealing:          true,
+			HandOffGrace:         2 * time.Second,
 		},
 		Server: Server{
 			HTTPAddr:        "127.0.0.1:8080",

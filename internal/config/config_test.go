@@ -57,7 +57,7 @@ func TestLoadParsesValues(t *testing.T) {
 		"TETHER_RESCUE_STUCK_JOBS_AFTER": "6s", "TETHER_PUBLIC_URL": "https://tether.example.org/base/",
 		"TETHER_ALLOWED_ORIGINS": " https://App.Example.org , http://localhost:3000/", "TETHER_LOG_LEVEL": "DEBUG",
 		"TETHER_SPICEDB_INSECURE": "true", "TETHER_RECONCILE_INTERVAL": "0", "TETHER_WORKER_LEASE_TTL": "3s",
-		"TETHER_SELF_HEALING": "false",
+		"TETHER_SELF_HEALING": "false", "TETHER_SYNC_HANDOFF_GRACE": "0",
 	}), config.ScopeServe)
 	require.NoError(t, err)
 	require.Equal(t, 7, cfg.MaxWorkers)
@@ -70,6 +70,7 @@ func TestLoadParsesValues(t *testing.T) {
 	require.Equal(t, "debug", cfg.LogLevel)
 	require.True(t, cfg.SpiceDBInsecure)
 	require.False(t, cfg.SelfHealing)
+	require.Zero(t, cfg.HandOffGrace, "0 turns the hand-off off")
 }
 
 // TestLoadRules checks each rule, cross-field ones included: the variable
@@ -95,6 +96,8 @@ func TestLoadRules(t *testing.T) {
 		{"duration syntax", config.ScopeDatabase, map[string]string{"TETHER_JOB_TIMEOUT": "30"}, "TETHER_JOB_TIMEOUT", "duration"},
 		{"duration negative", config.ScopeDatabase, map[string]string{"TETHER_RETRY_MAX_BACKOFF": "-1s"}, "TETHER_RETRY_MAX_BACKOFF", "duration"},
 		{"rescue after job timeout", config.ScopeDatabase, map[string]string{"TETHER_JOB_TIMEOUT": "1m", "TETHER_RESCUE_STUCK_JOBS_AFTER": "1m"}, "TETHER_RESCUE_STUCK_JOBS_AFTER", "longer than TETHER_JOB_TIMEOUT"},
+		{"hand-off grace too short", config.ScopeDatabase, map[string]string{"TETHER_SYNC_HANDOFF_GRACE": "100ms"}, "TETHER_SYNC_HANDOFF_GRACE", "0 (off) or from 200ms to 1m"},
+		{"hand-off grace too long", config.ScopeDatabase, map[string]string{"TETHER_SYNC_HANDOFF_GRACE": "2m"}, "TETHER_SYNC_HANDOFF_GRACE", "0 (off) or from 200ms to 1m"},
 		{"lease at least a second", config.ScopeDatabase, map[string]string{"TETHER_WORKER_LEASE_TTL": "500ms"}, "TETHER_WORKER_LEASE_TTL", "from 1s to 10m"},
 		{"lease at most 10 minutes", config.ScopeDatabase, map[string]string{"TETHER_WORKER_LEASE_TTL": "11m", "TETHER_RESCUE_STUCK_JOBS_AFTER": "1h"}, "TETHER_WORKER_LEASE_TTL", "from 1s to 10m"},
 		{"lease under the rescue horizon", config.ScopeDatabase, map[string]string{"TETHER_WORKER_LEASE_TTL": "2m"}, "TETHER_WORKER_LEASE_TTL", "shorter than TETHER_RESCUE_STUCK_JOBS_AFTER"},

@@ -132,6 +132,9 @@ func testConfig(tb testing.TB, opts TetherOpts, spiceCfg spicedb.Config, publicU
 	cfg.MaxWorkers = 8
 	cfg.ReconcileInterval = 0
 	cfg.RetryMaxBackoff = 200 * time.Millisecond
+	// Jobs carry every change, as from an API process or a worker: tests of
+	// the hand-off (and half the model test's engines) turn it on.
+	cfg.HandOffGrace = 0
 	if opts.NoBatching {
 		cfg.WriteFlushers = 0
 	}
