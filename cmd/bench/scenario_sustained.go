@@ -1,11 +1,15 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/tetherhq/tether/jobs"
 	"github.com/tetherhq/tether/jobs/spicedb"
@@ -59,27 +63,12 @@ func scenarioSustained(ctx context.Context, b *bench) ([]Metric, error) {
 	}
 	full.conns = full.conns[:len(full.conns)-300]
 
-	apiRates, fullRates := []float64{first.rate}, []float64{}
-	var apiCost, fullCost *CostTable
-	var fullNotes []string
-	for r := range sustainedRounds {
-		last := r == sustainedRounds-1
-		if r > 0 {
-			res, err := api.round(ctx, t.httpOnly/sustainedRounds, costPhase(last, "HTTP only, no workers (target 1's baseline)"))
-			if err != nil {
-				return nil, err
-			}
-			apiRates, apiCost = append(apiRates, res.rate), res.cost
-		}
-		res, err := full.round(ctx, t.capacity/sustainedRounds, costPhase(last, "sustained, workers on (target 1's capacity phase, drained)"))
-		if err != nil {
-			return nil, err
-		}
-		fullRates, fullCost = append(fullRates, res.rate), res.cost
-		fullNotes = append(fullNotes, res.note)
+	rounds, err := targetOneRounds(ctx, t, api, full, first.rate)
+	if err != nil {
+		return nil, err
 	}
-	b.costs = append(b.costs, apiCost, fullCost)
-	httpOnly, capacity := medianFloat(apiRates), medianFloat(fullRates)
+	b.costs = append(b.costs, rounds.apiCost, rounds.fullCost)
+	httpOnly, capacity := medianFloat(rounds.apiRates), medianFloat(rounds.fullRates)
 	report, err := e.reconciler.Run(ctx, jobs.ReconcileOpts{DryRun: true})
 	if err != nil {
 		return nil, err
@@ -104,7 +93,8 @@ func scenarioSustained(ctx context.Context, b *bench) ([]Metric, error) {
 		return nil, err
 	}
 
-	notes := append([]string{fmt.Sprintf("medians of %d interleaved rounds: API only %.0f, full pipeline %.0f changes/s", sustainedRounds, apiRates, fullRates)}, fullNotes...)
+	notes := append([]string{fmt.Sprintf("medians of %d interleaved rounds: API only %.0f, full pipeline %.0f changes/s",
+		sustainedRounds, rounds.apiRates, rounds.fullRates)}, rounds.fullNotes...)
 	out := []Metric{
 		{Name: "target 1: end-to-end changes applied per second (HTTP → SpiceDB, drained)", Value: capacity, Unit: "changes/s",
 			Baseline: "HTTP-only: the same disconnects, c=32, no workers, same run", BaselineValue: httpOnly,
@@ -115,6 +105,38 @@ func scenarioSustained(ctx context.Context, b *bench) ([]Metric, error) {
 			Notes: []string{fmt.Sprintf("after the capacity phase %d, after the offered loads %d", report.Drift(), after.Drift())}},
 	}
 	return append(out, latencyTargets(loads, lone)...), nil
+}
+
+// targetOne is target 1's rounds: each side's rates, the last rounds'
+// costs, and how each full-pipeline round went.
+type targetOne struct {
+	apiRates, fullRates []float64
+	apiCost, fullCost   *CostTable
+	fullNotes           []string
+}
+
+// targetOneRounds runs sustainedRounds rounds of each side, the API alone
+// and the full pipeline, alternating; the API's first round (firstAPI) ran
+// already, to size the other side.
+func targetOneRounds(ctx context.Context, t sustainedTimings, api, full *disconnecter, firstAPI float64) (targetOne, error) {
+	out := targetOne{apiRates: []float64{firstAPI}}
+	for r := range sustainedRounds {
+		last := r == sustainedRounds-1
+		if r > 0 {
+			res, err := api.round(ctx, t.httpOnly/sustainedRounds, costPhase(last, "HTTP only, no workers (target 1's baseline)"))
+			if err != nil {
+				return out, err
+			}
+			out.apiRates, out.apiCost = append(out.apiRates, res.rate), res.cost
+		}
+		res, err := full.round(ctx, t.capacity/sustainedRounds, costPhase(last, "sustained, workers on (target 1's capacity phase, drained)"))
+		if err != nil {
+			return out, err
+		}
+		out.fullRates, out.fullCost = append(out.fullRates, res.rate), res.cost
+		out.fullNotes = append(out.fullNotes, res.note)
+	}
+	return out, nil
 }
 
 // sustainedRounds is how many rounds each side of target 1 runs.
@@ -246,6 +268,8 @@ type offeredLoad struct {
 	// secondP99s are the p99 of the changes committed in each second of
 	// the offer, sorted: a few bad seconds (a stall) or all alike (queueing).
 	secondP99s []time.Duration
+	// background is what Postgres did meanwhile that stalls commits.
+	background string
 }
 
 // offerDisconnects disconnects at rate a second for d (open loop: each
@@ -258,6 +282,10 @@ func offerDisconnects(ctx context.Context, e *engine, conns []conn, tokens []str
 		return nil, fmt.Errorf("%d connections left, %d needed", len(conns), n)
 	}
 	committed, applied := make([]time.Time, n), make([]time.Time, n)
+	before, err := readBackground(ctx, e)
+	if err != nil {
+		return nil, err
+	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	errs := make(chan error, 1)
@@ -297,7 +325,11 @@ func offerDisconnects(ctx context.Context, e *engine, conns []conn, tokens []str
 	if err := e.waitSynced(ctx, 5*time.Minute); err != nil {
 		return nil, err
 	}
-	l := &offeredLoad{rate: rate, offered: n, window: end.Sub(start), drain: time.Since(end)}
+	after, err := readBackground(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	l := &offeredLoad{rate: rate, offered: n, window: end.Sub(start), drain: time.Since(end), background: after.since(before)}
 	mu.Lock()
 	defer mu.Unlock()
 	var last time.Time
@@ -328,6 +360,57 @@ func offerDisconnects(ctx context.Context, e *engine, conns []conn, tokens []str
 	return l, nil
 }
 
+// background counts what Postgres does besides the load that stalls
+// commits: checkpoints, and autovacuum and autoanalyze runs by table (both
+// databases).
+type background struct {
+	checkpoints int64
+	vacuums     map[string]int64
+}
+
+func readBackground(ctx context.Context, e *engine) (background, error) {
+	bg := background{vacuums: map[string]int64{}}
+	if err := e.db.QueryRow(ctx, "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter").Scan(&bg.checkpoints); err != nil {
+		return bg, fmt.Errorf("error reading checkpoints: %w", err)
+	}
+	for _, db := range []struct{ label, url string }{{"", e.dbURL}, {"spicedb.", e.proc.dbURL}} {
+		conn, err := pgx.Connect(ctx, db.url)
+		if err != nil {
+			return bg, err
+		}
+		rows, err := conn.Query(ctx, "SELECT relname, autovacuum_count + autoanalyze_count FROM pg_stat_user_tables")
+		if err == nil {
+			for rows.Next() {
+				var name string
+				var n int64
+				if err = rows.Scan(&name, &n); err != nil {
+					break
+				}
+				bg.vacuums[db.label+name] = n
+			}
+			rows.Close()
+			err = cmp.Or(err, rows.Err())
+		}
+		conn.Close(ctx)
+		if err != nil {
+			return bg, fmt.Errorf("error reading autovacuum counts: %w", err)
+		}
+	}
+	return bg, nil
+}
+
+// since describes what happened between b and bg.
+func (bg background) since(b background) string {
+	var parts []string
+	for name, n := range bg.vacuums {
+		if d := n - b.vacuums[name]; d > 0 {
+			parts = append(parts, fmt.Sprintf("%s ×%d", name, d))
+		}
+	}
+	slices.Sort(parts)
+	return fmt.Sprintf("%d checkpoints; autovacuum/autoanalyze runs: %s", bg.checkpoints-b.checkpoints, cmp.Or(strings.Join(parts, ", "), "none"))
+}
+
 // latencyTargets are targets 2–4: latency at 50 and 80 % of capacity
 // against the p50 at 10 %, and the p50 at 10 % against a lone SpiceDB
 // write.
@@ -339,7 +422,7 @@ func latencyTargets(loads map[float64]*offeredLoad, lone []time.Duration) []Metr
 		return []string{fmt.Sprintf("%d/s offered for %s: %d changes, %d applied within the window (%.1f%%), the rest %s after; p50 %.2f, p90 %.2f, p99 %.2f ms; p99 by second of the offer: median %.1f, worst %.1f ms",
 			l.rate, l.window.Round(time.Millisecond), l.offered, l.appliedInWindow, 100*float64(l.appliedInWindow)/float64(l.offered),
 			l.drain.Round(time.Millisecond), p(l, 0.5), p(l, 0.9), p(l, 0.99),
-			ms(percentile(l.secondP99s, 0.5)), ms(percentile(l.secondP99s, 1)))}
+			ms(percentile(l.secondP99s, 0.5)), ms(percentile(l.secondP99s, 1))), "meanwhile: " + l.background}
 	}
 	keepsUp := float64(high.appliedInWindow) / float64(high.offered)
 	loneP50 := ms(percentile(lone, 0.5))
