@@ -49,11 +49,17 @@ type HealConfig struct {
 	Freshness time.Duration
 	// Holder names this process in spicedb_watch.holder.
 	Holder string
+	// WatchSilence: a Watch stream that has delivered nothing for this long
+	// since a write of this process that it must deliver is taken for dead
+	// (a connection that stopped answering without an error) and
+	// reconnected, resuming from the last revision processed.
+	WatchSilence time.Duration
 }
 
 // DefaultHealConfig are the production defaults.
 func DefaultHealConfig() HealConfig {
-	return HealConfig{Enabled: true, LeaseRetry: time.Second, WatchUnavailableRetry: time.Minute, Freshness: 2 * time.Minute}
+	return HealConfig{Enabled: true, LeaseRetry: time.Second, WatchUnavailableRetry: time.Minute, Freshness: 2 * time.Minute,
+		WatchSilence: 10 * time.Second}
 }
 
 func (c HealConfig) withDefaults() HealConfig {
@@ -66,6 +72,9 @@ func (c HealConfig) withDefaults() HealConfig {
 	}
 	if c.Freshness <= 0 {
 		c.Freshness = d.Freshness
+	}
+	if c.WatchSilence <= 0 {
+		c.WatchSilence = d.WatchSilence
 	}
 	if c.Holder == "" {
 		host, _ := os.Hostname()

@@ -20,6 +20,7 @@ type HealMetrics struct {
 	WatchChanges    *prometheus.CounterVec
 	Restores        *prometheus.CounterVec
 	Rescheduled     prometheus.Counter
+	WatchSilent     prometheus.Counter
 
 	// watching is true while this process holds the watch lease and its
 	// stream is open; receivedAt is when the message being processed now
@@ -51,6 +52,10 @@ func newHealMetrics(reg prometheus.Registerer) *HealMetrics {
 			Help: "Sync jobs waiting out a retry backoff that were made available at once because SpiceDB answered again.",
 		}),
 	}
+	m.WatchSilent = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tether_spicedb_watch_silent_total",
+		Help: "Watch streams reconnected because they delivered nothing after a write of this process they had to deliver (a connection that stopped answering without an error).",
+	})
 	up := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tether_spicedb_watcher_up",
 		Help: "1 if this process holds the watch lease and its SpiceDB Watch stream is open.",
@@ -64,7 +69,7 @@ func newHealMetrics(reg prometheus.Registerer) *HealMetrics {
 		Name: "tether_spicedb_watch_lag_seconds",
 		Help: "Age of the oldest change the watcher received and has not finished processing (0 when caught up or not watching).",
 	}, func() float64 { return m.lag().Seconds() })
-	reg.MustRegister(m.ForeignChanges, m.ForeignRepaired, m.WatchChanges, m.Restores, m.Rescheduled, up, lag)
+	reg.MustRegister(m.ForeignChanges, m.ForeignRepaired, m.WatchChanges, m.Restores, m.Rescheduled, m.WatchSilent, up, lag)
 	return m
 }
 
@@ -106,6 +111,12 @@ func (m *Metrics) observeWatchChanges(origin string, n int) {
 func (m *Metrics) observeRestore(trigger string) {
 	if h := m.heal(); h != nil {
 		h.Restores.WithLabelValues(trigger).Inc()
+	}
+}
+
+func (m *Metrics) observeWatchSilent() {
+	if h := m.heal(); h != nil {
+		h.WatchSilent.Inc()
 	}
 }
 

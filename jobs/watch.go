@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -93,6 +94,9 @@ type watchSession struct {
 	wasOpen      bool                 // the last stream opened
 	// pendingTrigger is the restore the current stream asks for once open.
 	pendingTrigger string
+	// lastRecv is when the current stream last delivered a message (unix
+	// ns), as its reader received it: processing may lag behind.
+	lastRecv atomic.Int64
 }
 
 func (s *watchSession) run(ctx context.Context) error {
@@ -207,6 +211,7 @@ func (s *watchSession) stream(ctx context.Context) error {
 				errc <- err
 				return
 			}
+			s.lastRecv.Store(time.Now().UnixNano())
 			select {
 			case msgs <- received{msg, time.Now()}:
 			case <-sctx.Done():
@@ -226,6 +231,7 @@ func (s *watchSession) process(ctx context.Context, msgs <-chan received, errc <
 	ticker := time.NewTicker(heartbeatInterval)
 	defer ticker.Stop()
 	opened := false
+	started := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -245,6 +251,9 @@ func (s *watchSession) process(ctx context.Context, msgs <-chan received, errc <
 			if err := s.heartbeat(ctx); err != nil {
 				return err
 			}
+			if err := s.checkSilence(started); err != nil {
+				return err
+			}
 		case m := <-msgs:
 			if !opened {
 				opened = true
@@ -260,6 +269,23 @@ func (s *watchSession) process(ctx context.Context, msgs <-chan received, errc <
 			}
 		}
 	}
+}
+
+// errWatchSilent: the stream delivered nothing after a write it must
+// deliver (see HealConfig.WatchSilence).
+var errWatchSilent = errors.New("the SpiceDB watch stream went silent")
+
+// checkSilence fails a stream that has delivered nothing (no change, no
+// checkpoint) since a write this process made after the stream started,
+// once WatchSilence has passed since that write: a live stream delivers it
+// within milliseconds.
+func (s *watchSession) checkSilence(started time.Time) error {
+	touched := s.h.syncer.SpiceDB.LastTouch()
+	if touched.Before(started) || time.Unix(0, s.lastRecv.Load()).After(touched) || time.Since(touched) < s.h.cfg.WatchSilence {
+		return nil
+	}
+	s.h.syncer.Metrics.observeWatchSilent()
+	return fmt.Errorf("%w: nothing since a write %s ago", errWatchSilent, time.Since(touched).Round(time.Millisecond))
 }
 
 func (s *watchSession) opened(ctx context.Context) error {

@@ -73,6 +73,20 @@ type Client struct {
 	keys writeKeySource
 	// hooks, if set, hear what calls find out about the store (hooks.go).
 	hooks atomic.Pointer[Hooks]
+	// lastTouch is when a write of this client carrying a TOUCH was last
+	// acknowledged (unix ns): a change any live Watch stream delivers.
+	lastTouch atomic.Int64
+}
+
+// LastTouch is when SpiceDB last acknowledged a write of this client that
+// carried a TOUCH (zero: never). A TOUCH always makes a change, even of a
+// relationship that exists already; a DELETE of one that does not exist
+// changes nothing. The watcher checks its stream against it.
+func (s *Client) LastTouch() time.Time {
+	if ns := s.lastTouch.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // New connects lazily (gRPC dials on first use).
@@ -246,6 +260,9 @@ func (s *Client) Write(ctx context.Context, updates []Update) (string, error) {
 			return "", fmt.Errorf("error writing %d relationships to SpiceDB: %w", len(chunk), err)
 		}
 		token = resp.GetWrittenAt().GetToken()
+		if slices.ContainsFunc(chunk, func(u Update) bool { return !u.Delete }) {
+			s.lastTouch.Store(time.Now().UnixNano())
+		}
 	}
 	return token, nil
 }
