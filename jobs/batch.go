@@ -278,37 +278,22 @@ const fenceTimeout = 10 * time.Second
 func fenceKeys(ctx context.Context, db *pgxpool.Pool, keys []keyAt, token string) (map[syncKey]bool, error) {
 	var kinds, keyIDs []string
 	var generations, outbox []int64
-	handedOff := false
 	for _, k := range keys {
 		if k.generation != 0 {
 			kinds, keyIDs, generations = append(kinds, k.kind), append(keyIDs, k.keyID), append(generations, k.generation)
 			outbox = append(outbox, k.outboxJob)
-			handedOff = handedOff || k.outboxJob != 0
 		}
 	}
 	if len(kinds) == 0 {
 		return nil, nil
 	}
-	fenced := make(map[syncKey]bool, len(kinds))
-	q := dbsqlc.New()
-	if handedOff {
-		rows, err := q.SyncFenceManyOutbox(ctx, db, &dbsqlc.SyncFenceManyOutboxParams{
-			Zedtoken: &token, Kinds: kinds, KeyIds: keyIDs, Generations: generations, OutboxJobs: outbox,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("error recording applied generations: %w", err)
-		}
-		for _, row := range rows {
-			fenced[syncKey{row.Kind, row.KeyID}] = true
-		}
-		return fenced, nil
-	}
-	rows, err := q.SyncFenceMany(ctx, db, &dbsqlc.SyncFenceManyParams{
-		Zedtoken: &token, Kinds: kinds, KeyIds: keyIDs, Generations: generations,
+	rows, err := dbsqlc.New().SyncFenceMany(ctx, db, &dbsqlc.SyncFenceManyParams{
+		Zedtoken: &token, Kinds: kinds, KeyIds: keyIDs, Generations: generations, OutboxJobs: outbox,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("error recording applied generations: %w", err)
 	}
+	fenced := make(map[syncKey]bool, len(rows))
 	for _, row := range rows {
 		fenced[syncKey{row.Kind, row.KeyID}] = true
 	}

@@ -2,13 +2,14 @@ package jobs
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
+
+	"github.com/tetherhq/tether/jobs/spicedb"
 )
 
 // HandOffConfig configures the in-process hand-off of committed changes.
@@ -167,7 +168,7 @@ func (h *handOff) apply(k *handOffKey, deadline time.Time) {
 		return
 	}
 	s.Metrics.observeHandOff("left_to_job")
-	s.Logger.DebugContext(ctx, "hand-off not applied; its job will", "kind", k.kind, "key", k.keyID, "error", fmt.Sprint(err))
+	s.Logger.DebugContext(ctx, "hand-off not applied; its job will", "kind", k.kind, "key", k.keyID, "error", spicedb.ScrubError(err))
 	if ctx.Err() != nil || k.jobID == 0 {
 		// Out of time: the job waits for its scheduled time, so that nothing
 		// this hand-off sent can land after the job started.
@@ -176,7 +177,7 @@ func (h *handOff) apply(k *handOffKey, deadline time.Time) {
 	// The write or the plan failed and returned: nothing of this hand-off is
 	// in flight any more, so its job may start now rather than at its time.
 	if _, err := h.river.JobRetry(h.ctx, k.jobID); err != nil {
-		s.Logger.DebugContext(h.ctx, "hand-off's job not made available; it runs at its time", "kind", k.kind, "key", k.keyID, "error", fmt.Sprint(err))
+		s.Logger.DebugContext(h.ctx, "hand-off's job not made available; it runs at its time", "kind", k.kind, "key", k.keyID, "error", spicedb.ScrubError(err))
 	}
 }
 

@@ -92,72 +92,6 @@ func (q *Queries) SyncConnectionDesired(ctx context.Context, db DBTX, arg *SyncC
 
 const syncFenceMany = `-- name: SyncFenceMany :many
 WITH k AS (
-    SELECT unnest($2::text[]) AS kind, unnest($3::text[]) AS key_id, unnest($4::bigint[]) AS generation
-), locked AS (
-    SELECT s.kind, s.key_id FROM sync_state s
-    JOIN k ON k.kind = s.kind AND k.key_id = s.key_id AND k.generation = s.generation
-    FOR UPDATE OF s SKIP LOCKED
-)
-UPDATE sync_state s SET
-    applied_generation = generation,
-    applied_at = now(),
-    zedtoken = $1,
-    pending_since = NULL,
-    revoke_pending_since = NULL,
-    last_error = NULL,
-    last_error_at = NULL,
-    stalled = false
-FROM locked l
-WHERE s.kind = l.kind AND s.key_id = l.key_id
-RETURNING s.kind, s.key_id
-`
-
-type SyncFenceManyParams struct {
-	Zedtoken    *string
-	Kinds       []string
-	KeyIds      []string
-	Generations []int64
-}
-
-type SyncFenceManyRow struct {
-	Kind  string
-	KeyID string
-}
-
-// Records that each key's generation is applied, but only if no change to the
-// key committed since its worker read it (zero rows for a key: read again and
-// rewrite). The keys of one group-committed write go in one statement and one
-// commit. SKIP LOCKED: a row locked by a transaction that is changing the key
-// (or by another fence) is reported not fenced instead of waited for, so
-// fences never deadlock with each other or with the API; its job reads and
-// writes again, which is always safe.
-func (q *Queries) SyncFenceMany(ctx context.Context, db DBTX, arg *SyncFenceManyParams) ([]*SyncFenceManyRow, error) {
-	rows, err := db.Query(ctx, syncFenceMany,
-		arg.Zedtoken,
-		arg.Kinds,
-		arg.KeyIds,
-		arg.Generations,
-	)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var items []*SyncFenceManyRow
-	for rows.Next() {
-		var i SyncFenceManyRow
-		if err := rows.Scan(&i.Kind, &i.KeyID); err != nil {
-			return nil, err
-		}
-		items = append(items, &i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const syncFenceManyOutbox = `-- name: SyncFenceManyOutbox :many
-WITH k AS (
     SELECT unnest($1::text[]) AS kind, unnest($2::text[]) AS key_id, unnest($3::bigint[]) AS generation,
            unnest($4::bigint[]) AS outbox_job
 ), locked AS (
@@ -184,7 +118,7 @@ WITH k AS (
 SELECT fenced.kind, fenced.key_id FROM fenced
 `
 
-type SyncFenceManyOutboxParams struct {
+type SyncFenceManyParams struct {
 	Kinds       []string
 	KeyIds      []string
 	Generations []int64
@@ -192,19 +126,26 @@ type SyncFenceManyOutboxParams struct {
 	Zedtoken    *string
 }
 
-type SyncFenceManyOutboxRow struct {
+type SyncFenceManyRow struct {
 	Kind  string
 	KeyID string
 }
 
-// SyncFenceMany for keys handed off after their commit: a key fenced here has
-// its change applied, so its job (the outbox, scheduled a grace ahead and not
-// yet started) has nothing left to do and is deleted in the same statement
-// and commit: one row write instead of River's schedule, fetch, completion and
-// cleanup. A job that has started already (state no longer scheduled) is left
-// to run; it finds its key applied.
-func (q *Queries) SyncFenceManyOutbox(ctx context.Context, db DBTX, arg *SyncFenceManyOutboxParams) ([]*SyncFenceManyOutboxRow, error) {
-	rows, err := db.Query(ctx, syncFenceManyOutbox,
+// Records that each key's generation is applied, but only if no change to the
+// key committed since its worker read it (zero rows for a key: read again and
+// rewrite). The keys of one group-committed write go in one statement and one
+// commit. SKIP LOCKED: a row locked by a transaction that is changing the key
+// (or by another fence) is reported not fenced instead of waited for, so
+// fences never deadlock with each other or with the API; its job reads and
+// writes again, which is always safe.
+// A key handed off after its commit comes with its job (outbox_jobs; 0 for
+// the others): fenced here, its change is applied, so that job (the outbox,
+// scheduled a grace ahead and not yet started) has nothing left to do and is
+// deleted in the same statement and commit: one row write instead of River's
+// schedule, fetch, completion and cleanup. A job that has started already
+// (no longer scheduled) is left to run; it writes the key's newest state.
+func (q *Queries) SyncFenceMany(ctx context.Context, db DBTX, arg *SyncFenceManyParams) ([]*SyncFenceManyRow, error) {
+	rows, err := db.Query(ctx, syncFenceMany,
 		arg.Kinds,
 		arg.KeyIds,
 		arg.Generations,
@@ -215,9 +156,9 @@ func (q *Queries) SyncFenceManyOutbox(ctx context.Context, db DBTX, arg *SyncFen
 		return nil, err
 	}
 	defer rows.Close()
-	var items []*SyncFenceManyOutboxRow
+	var items []*SyncFenceManyRow
 	for rows.Next() {
-		var i SyncFenceManyOutboxRow
+		var i SyncFenceManyRow
 		if err := rows.Scan(&i.Kind, &i.KeyID); err != nil {
 			return nil, err
 		}

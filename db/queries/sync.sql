@@ -39,34 +39,6 @@ SELECT
 FROM (SELECT 1) AS one
 LEFT JOIN resource_pools p ON p.id = @resource_pool_id;
 
--- name: SyncFenceMany :many
--- Records that each key's generation is applied, but only if no change to the
--- key committed since its worker read it (zero rows for a key: read again and
--- rewrite). The keys of one group-committed write go in one statement and one
--- commit. SKIP LOCKED: a row locked by a transaction that is changing the key
--- (or by another fence) is reported not fenced instead of waited for, so
--- fences never deadlock with each other or with the API; its job reads and
--- writes again, which is always safe.
-WITH k AS (
-    SELECT unnest(@kinds::text[]) AS kind, unnest(@key_ids::text[]) AS key_id, unnest(@generations::bigint[]) AS generation
-), locked AS (
-    SELECT s.kind, s.key_id FROM sync_state s
-    JOIN k ON k.kind = s.kind AND k.key_id = s.key_id AND k.generation = s.generation
-    FOR UPDATE OF s SKIP LOCKED
-)
-UPDATE sync_state s SET
-    applied_generation = generation,
-    applied_at = now(),
-    zedtoken = @zedtoken,
-    pending_since = NULL,
-    revoke_pending_since = NULL,
-    last_error = NULL,
-    last_error_at = NULL,
-    stalled = false
-FROM locked l
-WHERE s.kind = l.kind AND s.key_id = l.key_id
-RETURNING s.kind, s.key_id;
-
 -- name: SyncRecordError :exec
 UPDATE sync_state SET last_error = @last_error, last_error_at = now(), stalled = @stalled
 WHERE kind = @kind AND key_id = @key_id;
@@ -102,13 +74,20 @@ WHERE COALESCE(s.generation, 0) <> k.generation;
 SELECT resource_pool_id::bigint AS resource_pool_id, generation, applied_generation, applied_at, last_error
 FROM sync_state WHERE kind = 'pool' AND resource_pool_id = ANY(@ids::bigint[]);
 
--- name: SyncFenceManyOutbox :many
--- SyncFenceMany for keys handed off after their commit: a key fenced here has
--- its change applied, so its job (the outbox, scheduled a grace ahead and not
--- yet started) has nothing left to do and is deleted in the same statement
--- and commit: one row write instead of River's schedule, fetch, completion and
--- cleanup. A job that has started already (state no longer scheduled) is left
--- to run; it finds its key applied.
+-- name: SyncFenceMany :many
+-- Records that each key's generation is applied, but only if no change to the
+-- key committed since its worker read it (zero rows for a key: read again and
+-- rewrite). The keys of one group-committed write go in one statement and one
+-- commit. SKIP LOCKED: a row locked by a transaction that is changing the key
+-- (or by another fence) is reported not fenced instead of waited for, so
+-- fences never deadlock with each other or with the API; its job reads and
+-- writes again, which is always safe.
+-- A key handed off after its commit comes with its job (outbox_jobs; 0 for
+-- the others): fenced here, its change is applied, so that job (the outbox,
+-- scheduled a grace ahead and not yet started) has nothing left to do and is
+-- deleted in the same statement and commit: one row write instead of River's
+-- schedule, fetch, completion and cleanup. A job that has started already
+-- (no longer scheduled) is left to run; it writes the key's newest state.
 WITH k AS (
     SELECT unnest(@kinds::text[]) AS kind, unnest(@key_ids::text[]) AS key_id, unnest(@generations::bigint[]) AS generation,
            unnest(@outbox_jobs::bigint[]) AS outbox_job
