@@ -346,18 +346,26 @@ func offerDisconnects(ctx context.Context, e *engine, conns []conn, tokens []str
 		}
 	}
 	l.drain = max(0, last.Sub(end))
+	l.secondP99s = p99BySecond(start, committed, applied)
+	slices.Sort(l.latencies)
+	return l, nil
+}
+
+// p99BySecond is the p99 of commit → applied of the changes committed in
+// each second after start, sorted.
+func p99BySecond(start time.Time, committed, applied []time.Time) []time.Duration {
 	bySecond := map[int][]time.Duration{}
-	for i := range n {
+	for i := range committed {
 		sec := int(committed[i].Sub(start) / time.Second)
 		bySecond[sec] = append(bySecond[sec], max(0, applied[i].Sub(committed[i])))
 	}
+	var out []time.Duration
 	for _, ls := range bySecond {
 		slices.Sort(ls)
-		l.secondP99s = append(l.secondP99s, percentile(ls, 0.99))
+		out = append(out, percentile(ls, 0.99))
 	}
-	slices.Sort(l.secondP99s)
-	slices.Sort(l.latencies)
-	return l, nil
+	slices.Sort(out)
+	return out
 }
 
 // background counts what Postgres does besides the load that stalls
