@@ -305,7 +305,12 @@ func (b *bench) config(dbURL string, proc *spiceProcess, o engineOpts) (*config.
 func (e *engine) start(ctx context.Context, role tengine.Role) (*tengine.Engine, error) {
 	t, err := tengine.New(ctx, e.cfg, tengine.Options{
 		Role: role, PoolConfig: poolKnobs, CancelJobsOnStop: true, OAuthTimeout: 5 * time.Second,
-		Client: func(c *jobs.ClientConfig) { c.Heal.Enabled = !e.opts.noHeal },
+		Client: func(c *jobs.ClientConfig) {
+			c.Heal.Enabled = !e.opts.noHeal
+			if n, err := strconv.Atoi(os.Getenv("BENCH_HANDOFF_SLOTS")); err == nil {
+				c.HandOff.Slots = n
+			}
+		},
 		OnApplied: func(kind, keyID, token string, writtenAt time.Time) {
 			if f, ok := e.applied.Load(kind + "/" + keyID); ok {
 				f.(func(string, time.Time))(token, writtenAt)

@@ -113,7 +113,12 @@ WITH k AS (
     RETURNING s.kind, s.key_id
 ), outbox_done AS (
     DELETE FROM river_job j USING k, fenced f
-    WHERE f.kind = k.kind AND f.key_id = k.key_id AND j.id = k.outbox_job AND k.outbox_job <> 0 AND j.state = 'scheduled'
+    WHERE f.kind = k.kind AND f.key_id = k.key_id AND j.id = k.outbox_job AND k.outbox_job <> 0
+      -- Not started: still scheduled, or made available ahead of its time by
+      -- River's scheduler (it looks one interval, 5 s, ahead) but not yet
+      -- fetchable (River fetches only once scheduled_at has passed). A fetch
+      -- that locked the row first has made it running: not deleted.
+      AND (j.state = 'scheduled' OR (j.state = 'available' AND j.scheduled_at > now()))
 )
 SELECT fenced.kind, fenced.key_id FROM fenced
 `
@@ -142,8 +147,8 @@ type SyncFenceManyRow struct {
 // the others): fenced here, its change is applied, so that job (the outbox,
 // scheduled a grace ahead and not yet started) has nothing left to do and is
 // deleted in the same statement and commit: one row write instead of River's
-// schedule, fetch, completion and cleanup. A job that has started already
-// (no longer scheduled) is left to run; it writes the key's newest state.
+// schedule, fetch, completion and cleanup. A job that has started already is
+// left to run; it writes the key's newest state.
 func (q *Queries) SyncFenceMany(ctx context.Context, db DBTX, arg *SyncFenceManyParams) ([]*SyncFenceManyRow, error) {
 	rows, err := db.Query(ctx, syncFenceMany,
 		arg.Kinds,
