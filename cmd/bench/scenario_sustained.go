@@ -282,14 +282,11 @@ func offerDisconnects(ctx context.Context, e *engine, conns []conn, tokens []str
 	if n > len(conns) {
 		return nil, fmt.Errorf("%d connections left, %d needed", len(conns), n)
 	}
-	committed, applied := make([]time.Time, n), make([]time.Time, n)
-	var again int // changes applied a second time
-	var lastAgain time.Duration
+	t := newChangeTimes(n)
 	before, err := readBackground(ctx, e)
 	if err != nil {
 		return nil, err
 	}
-	var mu sync.Mutex
 	var wg sync.WaitGroup
 	errs := make(chan error, 1)
 	start := time.Now()
@@ -297,19 +294,7 @@ func offerDisconnects(ctx context.Context, e *engine, conns []conn, tokens []str
 		if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
 			time.Sleep(wait)
 		}
-		e.onApplied(jobs.KeyKindConnection, jobs.ConnectionKeyID("p", conns[i].user), func(_ string, at time.Time) {
-			mu.Lock()
-			defer mu.Unlock()
-			// The first application is when access changed; a later one
-			// (a job that ran although its hand-off applied the change)
-			// rewrites the same state.
-			if applied[i].IsZero() {
-				applied[i] = at
-			} else {
-				again++
-				lastAgain = max(lastAgain, at.Sub(applied[i]))
-			}
-		})
+		e.onApplied(jobs.KeyKindConnection, jobs.ConnectionKeyID("p", conns[i].user), func(_ string, at time.Time) { t.applied(i, at) })
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -320,10 +305,7 @@ func offerDisconnects(ctx context.Context, e *engine, conns []conn, tokens []str
 				}
 				return
 			}
-			now := time.Now()
-			mu.Lock()
-			committed[i] = now
-			mu.Unlock()
+			t.committed(i, time.Now())
 		}()
 	}
 	end := time.Now()
@@ -340,29 +322,69 @@ func offerDisconnects(ctx context.Context, e *engine, conns []conn, tokens []str
 	if err != nil {
 		return nil, err
 	}
-	l := &offeredLoad{rate: rate, offered: n, window: end.Sub(start), drain: time.Since(end), background: after.since(before)}
-	mu.Lock()
-	l.background += fmt.Sprintf("; changes applied a second time %d (the latest %s after the first)", again, lastAgain.Round(time.Millisecond))
-	mu.Unlock()
-	mu.Lock()
-	defer mu.Unlock()
+	l := &offeredLoad{rate: rate, offered: n, window: end.Sub(start), background: after.since(before)}
+	if err := t.summarize(l, start, end); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// changeTimes are the commit and first application times of an offer's
+// changes, and how many were applied again.
+type changeTimes struct {
+	mu            sync.Mutex
+	commit, apply []time.Time
+	again         int // changes applied a second time
+	latestAgain   time.Duration
+}
+
+func newChangeTimes(n int) *changeTimes {
+	return &changeTimes{commit: make([]time.Time, n), apply: make([]time.Time, n)}
+}
+
+func (t *changeTimes) committed(i int, at time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.commit[i] = at
+}
+
+// applied records change i's first application: when access changed. A
+// later one (a job that ran although its hand-off applied the change)
+// rewrites the same state, and is only counted.
+func (t *changeTimes) applied(i int, at time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.apply[i].IsZero() {
+		t.apply[i] = at
+		return
+	}
+	t.again++
+	t.latestAgain = max(t.latestAgain, at.Sub(t.apply[i]))
+}
+
+// summarize fills l's latencies and counts from the times of an offer
+// that ran from start to end, every change drained.
+func (t *changeTimes) summarize(l *offeredLoad, start, end time.Time) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	l.background += fmt.Sprintf("; changes applied a second time %d (the latest %s after the first)", t.again, t.latestAgain.Round(time.Millisecond))
 	var last time.Time
-	for i := range n {
-		if applied[i].IsZero() {
-			return nil, fmt.Errorf("change %d was drained but never reported applied", i)
+	for i := range t.apply {
+		if t.apply[i].IsZero() {
+			return fmt.Errorf("change %d was drained but never reported applied", i)
 		}
-		l.latencies = append(l.latencies, max(0, applied[i].Sub(committed[i])))
-		if !applied[i].After(end) {
+		l.latencies = append(l.latencies, max(0, t.apply[i].Sub(t.commit[i])))
+		if !t.apply[i].After(end) {
 			l.appliedInWindow++
 		}
-		if applied[i].After(last) {
-			last = applied[i]
+		if t.apply[i].After(last) {
+			last = t.apply[i]
 		}
 	}
 	l.drain = max(0, last.Sub(end))
-	l.secondP99s = p99BySecond(start, committed, applied)
+	l.secondP99s = p99BySecond(start, t.commit, t.apply)
 	slices.Sort(l.latencies)
-	return l, nil
+	return nil
 }
 
 // p99BySecond is the p99 of commit → applied of the changes committed in
