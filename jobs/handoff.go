@@ -67,10 +67,9 @@ type handOffKey struct {
 // once it has committed. A nil batch (no hand-off in this process) hands
 // nothing off.
 type HandOffBatch struct {
-	h        *handOff
-	mu       sync.Mutex
-	keys     []*handOffKey
-	reserved int
+	h    *handOff
+	mu   sync.Mutex
+	keys []*handOffKey // each holds a slot
 }
 
 type handOffBatchKey struct{}
@@ -102,14 +101,12 @@ func reserve(ctx context.Context, k handOffKey) (*handOffKey, time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.keys = append(b.keys, &k)
-	b.reserved++
 	return &k, time.Now().Add(b.h.cfg.Grace)
 }
 
 // setJob records the key's job, inserted scheduled (nil k: not handed off).
-// A job River did not insert (a unique duplicate) is not the key's to delete.
 func (k *handOffKey) setJob(res *rivertype.JobInsertResult) {
-	if k != nil && res != nil && res.Job != nil && !res.UniqueSkippedAsDuplicate {
+	if k != nil {
 		k.jobID = res.Job.ID
 	}
 }
@@ -121,7 +118,7 @@ func (b *HandOffBatch) Committed() {
 	}
 	b.mu.Lock()
 	keys := b.keys
-	b.keys, b.reserved = nil, 0
+	b.keys = nil
 	b.mu.Unlock()
 	deadline := time.Now().Add(b.h.cfg.Grace / 2)
 	for _, k := range keys {
@@ -138,10 +135,10 @@ func (b *HandOffBatch) Release() {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for range b.reserved {
+	for range b.keys {
 		<-b.h.slots
 	}
-	b.keys, b.reserved = nil, 0
+	b.keys = nil
 }
 
 // apply applies one key as its job would, bounded by deadline. Failure is
@@ -189,10 +186,9 @@ func (h *handOff) close(ctx context.Context) {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		h.stop()
-		<-done
 	}
-	h.stop()
+	h.stop() // cancels the hand-offs still running, if any
+	<-done
 }
 
 // CloseHandOffs waits for this process's hand-offs in flight; the engine calls

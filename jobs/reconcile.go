@@ -232,25 +232,7 @@ func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bo
 	}
 	report.lap("schema")
 
-	err = errStreamOff
-	if !r.tableOnly.Load() {
-		err = r.runStreamed(ctx, report, dryRun, schema == spicedb.SchemaMissing, progress)
-	} else {
-		report.StreamFallback = "an earlier run of this process found a stream out of byte order"
-	}
-	var order *outOfOrderError
-	if errors.As(err, &order) {
-		r.tableOnly.Store(true)
-		r.Metrics.observeReconcileFallback()
-		r.Logger.WarnContext(ctx, "reconcile: a stream is out of byte order; comparing in Postgres instead, in this run and the next ones of this process "+
-			"(is SpiceDB's database collated other than C or C.UTF-8?)", "side", order.side, "row", order.row)
-		report.StreamFallback = order.Error()
-		report.Desired, report.Actual, report.Missing, report.Extra, report.Pending, report.pendingTouches = 0, 0, 0, 0, 0, 0
-	}
-	if errors.As(err, &order) || errors.Is(err, errStreamOff) {
-		err = r.runTable(ctx, report, dryRun, schema, progress)
-	}
-	if err != nil || dryRun {
+	if err := r.compare(ctx, report, dryRun, schema, progress); err != nil || dryRun {
 		return err
 	}
 	err = r.requeueStalled(ctx, report)
@@ -258,8 +240,27 @@ func (r *Reconciler) run(ctx context.Context, report *ReconcileReport, dryRun bo
 	return err
 }
 
-// errStreamOff: this process compares in Postgres (see Reconciler.tableOnly).
-var errStreamOff = errors.New("streamed comparison off")
+// compare finds and repairs the drift: by merging the two sorted streams,
+// or — once a stream came out of order, in this run or an earlier one of
+// this process — in Postgres.
+func (r *Reconciler) compare(ctx context.Context, report *ReconcileReport, dryRun bool, schema spicedb.SchemaState, progress func(string, int64)) error {
+	if r.tableOnly.Load() {
+		report.StreamFallback = "an earlier run of this process found a stream out of byte order"
+		return r.runTable(ctx, report, dryRun, schema, progress)
+	}
+	err := r.runStreamed(ctx, report, dryRun, schema == spicedb.SchemaMissing, progress)
+	var order *outOfOrderError
+	if !errors.As(err, &order) {
+		return err
+	}
+	r.tableOnly.Store(true)
+	r.Metrics.observeReconcileFallback()
+	r.Logger.WarnContext(ctx, "reconcile: a stream is out of byte order; comparing in Postgres instead, in this run and the next ones of this process "+
+		"(is SpiceDB's database collated other than C or C.UTF-8?)", "side", order.side, "row", order.row)
+	report.StreamFallback = order.Error()
+	report.Desired, report.Actual, report.Missing, report.Extra, report.Pending, report.pendingTouches = 0, 0, 0, 0, 0, 0
+	return r.runTable(ctx, report, dryRun, schema, progress)
+}
 
 // runTable is the table-based comparison: SpiceDB's export copied into
 // reconcile_actual, the drift computed by one statement into reconcile_diff

@@ -43,7 +43,7 @@ func (r *Reconciler) repairAll(ctx context.Context, report *ReconcileReport, dry
 	pageSize, workers := repairShape(bulk)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(workers)
-	var mu sync.Mutex // guards report while pages are applied
+	rp := &repairs{r: r, report: report, writers: g, ctx: gctx, bulk: bulk, dryRun: dryRun, progress: progress}
 	var afterID int64
 	for gctx.Err() == nil {
 		rows, err := dbsqlc.New().ReconcileDiffPage(gctx, r.DB, &dbsqlc.ReconcileDiffPageParams{AfterID: afterID, MaxRows: int32(pageSize)})
@@ -55,16 +55,34 @@ func (r *Reconciler) repairAll(ctx context.Context, report *ReconcileReport, dry
 			break
 		}
 		afterID = rows[len(rows)-1].ID
-		mu.Lock()
-		page := classify(report, rows)
-		done := report.Repaired + report.Missing + report.Extra + report.Pending
-		mu.Unlock()
-		if !dryRun {
-			g.Go(func() error { return r.applyPage(gctx, report, &mu, page, bulk) })
-		}
-		progress("repair", done)
+		rp.submit(rows)
 	}
 	return g.Wait()
+}
+
+// repairs hand pages of drift, as they are found, to writers: counted in
+// report at once, written (unless a dry run) writers' limit at a time.
+type repairs struct {
+	r        *Reconciler
+	report   *ReconcileReport
+	mu       sync.Mutex // guards report while pages are applied
+	writers  *errgroup.Group
+	ctx      context.Context // the writers'
+	bulk     bool
+	dryRun   bool
+	progress func(string, int64)
+}
+
+// submit classifies one page of drift and starts its repair.
+func (rp *repairs) submit(rows []*dbsqlc.ReconcileDiff) {
+	rp.mu.Lock()
+	page := classify(rp.report, rows)
+	done := rp.report.Repaired + rp.report.Missing + rp.report.Extra + rp.report.Pending
+	rp.mu.Unlock()
+	if !rp.dryRun {
+		rp.writers.Go(func() error { return rp.r.applyPage(rp.ctx, rp.report, &rp.mu, page, rp.bulk) })
+	}
+	rp.progress("repair", done)
 }
 
 // classify counts a page's drift in report and turns it into updates.

@@ -113,20 +113,13 @@ func (r *Reconciler) runStreamed(ctx context.Context, report *ReconcileReport, d
 	writers, wctx := errgroup.WithContext(ctx) // not stopped with the readers: repairs under way finish
 	writers.SetLimit(workers)
 	context.AfterFunc(wctx, stop) // a failed repair stops the reading
-	var mu sync.Mutex             // guards report while pages are applied
+	rp := &repairs{r: r, report: report, writers: writers, ctx: wctx, bulk: bulk, dryRun: dryRun, progress: progress}
 	flush := func(drift []spicedb.Update) error {
 		rows, err := driftRows(rctx, snap, drift)
 		if err != nil {
 			return err
 		}
-		mu.Lock()
-		page := classify(report, rows)
-		done := report.Repaired + report.Missing + report.Extra + report.Pending
-		mu.Unlock()
-		if !dryRun {
-			writers.Go(func() error { return r.applyPage(wctx, report, &mu, page, bulk) })
-		}
-		progress("repair", done)
+		rp.submit(rows)
 		return nil
 	}
 	mergeErr := mergeDrift(rctx, report, actual, desired, pageSize, flush, progress)
