@@ -274,9 +274,10 @@ func requireReady(t *testing.T, url string, timeout time.Duration) {
 }
 
 // TestOutageHealsAtTheSpeedOfTheDrain: while SpiceDB is down, changes queue
-// and their jobs back off (up to production's 10 s). When it returns, the
-// healer sees it answer and makes every waiting job available at once: the
-// backlog is applied in a fraction of the backoff.
+// and their jobs, having failed once, wait for the healer (a minute, not
+// their backoff: retrying meanwhile would only churn river_job). When
+// SpiceDB returns, the healer sees it answer and makes every waiting job
+// available at once: the backlog is applied in a fraction of the wait.
 func TestOutageHealsAtTheSpeedOfTheDrain(t *testing.T) {
 	t.Parallel()
 	proc := testenv.StartSpiceDBProcess(t, true) // Postgres datastore: the data survives the restart
@@ -304,6 +305,8 @@ func TestOutageHealsAtTheSpeedOfTheDrain(t *testing.T) {
 	require.Eventually(t, func() bool { return count(t, tt.DB, waitingJobs) >= 10 }, 30*time.Second, 50*time.Millisecond,
 		"jobs back off while SpiceDB is away")
 	waiting := count(t, tt.DB, waitingJobs)
+	const mostAttempts = `SELECT COALESCE(max(attempt), 0) FROM river_job WHERE kind = 'tether.sync_connection'`
+	require.LessOrEqual(t, count(t, tt.DB, mostAttempts), 2, "jobs wait for the healer while SpiceDB is down, not on their backoff")
 	const latestRetry = `SELECT COALESCE(max(scheduled_at), now()) FROM river_job
 		WHERE kind = 'tether.sync_connection' AND state IN ('retryable', 'available')`
 	var ownBackoff time.Time // when the last waiting job would run on its own
@@ -324,6 +327,51 @@ func TestOutageHealsAtTheSpeedOfTheDrain(t *testing.T) {
 		time.Since(returned).Round(time.Millisecond), testenv.Sum(metrics.Heal.Rescheduled))
 	require.Positive(t, testenv.Sum(metrics.Heal.Rescheduled))
 	require.True(t, tt.CanView(t, "outage-0", pool.ID))
+}
+
+// TestProcessStartReschedules: jobs that failed during an outage wait a
+// minute, because the healer of the process that saw the outage makes them
+// available the moment SpiceDB answers. Should that process be gone by
+// then, the next one to start does it: the backlog is applied within the
+// contract's 15 s, not when the minute is up.
+func TestProcessStartReschedules(t *testing.T) {
+	t.Parallel()
+	proc := testenv.StartSpiceDBProcess(t, true) // Postgres datastore: the data survives the restart
+	dbURL := testenv.DatabaseURL(t)
+	spiceCfg := proc.Config()
+	process := func() *testenv.Tether {
+		return testenv.StartTether(t, testenv.TetherOpts{DatabaseURL: dbURL, Heal: true,
+			Config:  func(c *config.Config) { c.RetryMaxBackoff = 10 * time.Second }, // production's
+			SpiceDB: func(c *spicedb.Config) { *c = spiceCfg }})
+	}
+	a := process()
+	a.Provider(t, providerID)
+	pool := a.Pool(t, "gpu", providerID, false)
+	a.WaitConverged(t, repairDeadline)
+	require.Eventually(t, func() bool { return a.WatchState(t).Cursor != nil }, repairDeadline, 20*time.Millisecond,
+		"the watcher records its progress (the next one resumes from it instead of restoring)")
+
+	proc.Stop()
+	const changes = 20
+	for i := range changes {
+		a.Connect(t, fmt.Sprintf("restart-%d", i), providerID)
+	}
+	const waitingForHealer = `SELECT count(*) FROM river_job WHERE kind = 'tether.sync_connection'
+		AND state = 'retryable' AND scheduled_at > now() + interval '30 seconds'`
+	require.Eventually(t, func() bool { return count(t, a.DB, waitingForHealer) == changes }, 30*time.Second, 20*time.Millisecond,
+		"every job failed once and waits for the healer")
+	stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, a.Engine.Stop(stopCtx))
+
+	proc.Start()
+	restarted := time.Now()
+	b := process()
+	b.WaitConverged(t, repairDeadline)
+	t.Logf("applied %s after SpiceDB and a new process started", time.Since(restarted).Round(time.Millisecond))
+	require.True(t, b.CanView(t, fmt.Sprintf("restart-%d", changes-1), pool.ID))
+	require.Zero(t, testenv.Sum(b.Metrics.Heal.Restores), "B resumed A's watch: no restore rescheduled the jobs")
+	require.Equal(t, float64(changes), testenv.Sum(b.Metrics.Heal.Rescheduled))
 }
 
 // TestWatcherLeaseChangesHands: two Tether processes, one watcher. When the

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tetherhq/tether/db/dbsqlc"
@@ -99,6 +100,9 @@ type Healer struct {
 	wg       sync.WaitGroup
 	started  bool
 	lastWarn map[string]bool // warnings logged once per process
+	// down: a write found SpiceDB out of reach and the probe has not seen
+	// it answer since (see Syncer.retryAt).
+	down atomic.Bool
 	// covered: every loss reported at or before it has been restored.
 	covered time.Time
 }
@@ -127,6 +131,7 @@ func (s *Syncer) StartHealing(ctx context.Context) (stop func()) {
 	s.SpiceDB.SetHooks(&spicedb.Hooks{
 		StoreLost: h.RequestRestore,
 		Unreachable: func() {
+			h.down.Store(true)
 			select {
 			case h.outage <- struct{}{}:
 			default:
@@ -140,6 +145,10 @@ func (s *Syncer) StartHealing(ctx context.Context) (stop func()) {
 			loop(ctx)
 		}()
 	}
+	// A process starting reschedules too, once SpiceDB answers: jobs that
+	// failed during an outage wait outageRetry, and the processes whose
+	// healers would have rescheduled them may be gone.
+	h.outage <- struct{}{}
 	return func() {
 		s.SpiceDB.SetHooks(nil)
 		cancel()
@@ -256,10 +265,13 @@ func (h *Healer) restoredSince(t time.Time) bool {
 // outageLoop waits for a write that could not reach SpiceDB, then probes
 // until SpiceDB answers and makes every sync job waiting out a retry backoff
 // available at once: the backlog drains at the speed of the workers, not of
-// each job's backoff. A SpiceDB that answers probes but keeps failing writes
-// would turn that into a busy loop (every reschedule runs every waiting job
-// once more), so after three reschedules within 30 s the next ones are
-// spaced out, 1 s doubling to the retry backoff's cap.
+// each job's backoff. A second reschedule a moment later catches the jobs
+// that failed as SpiceDB came back, whose failure River recorded after the
+// first (they wait outageRetry otherwise). A SpiceDB that answers probes
+// but keeps failing writes would turn this into a busy loop (every
+// reschedule runs every waiting job once more), so after three reschedules
+// within 30 s the next ones are spaced out, 1 s doubling to the retry
+// backoff's cap.
 func (h *Healer) outageLoop(ctx context.Context) {
 	var recent []time.Time // reschedules in the last 30 s
 	for {
@@ -271,6 +283,7 @@ func (h *Healer) outageLoop(ctx context.Context) {
 		if !h.waitForSpiceDB(ctx) {
 			return
 		}
+		h.down.Store(false)
 		recent = slices.DeleteFunc(recent, func(t time.Time) bool { return time.Since(t) > 30*time.Second })
 		if n := len(recent); n >= 3 {
 			spacing := min(time.Second<<min(n-3, 10), h.syncer.MaxBackoff)
@@ -281,9 +294,32 @@ func (h *Healer) outageLoop(ctx context.Context) {
 			}
 		}
 		recent = append(recent, time.Now())
-		if _, err := h.reschedule(ctx); err != nil && ctx.Err() == nil {
-			h.syncer.Logger.WarnContext(ctx, "error rescheduling sync jobs after an outage", "error", err)
+		h.rescheduleLogged(ctx)
+		if len(recent) == 1 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(outageStragglers):
+			}
+			if !h.down.Load() {
+				h.rescheduleLogged(ctx)
+			}
 		}
+	}
+}
+
+// outageStragglers is how long after SpiceDB answers again the outage loop
+// reschedules a second time: well beyond River's completer batching a
+// failure and a write in flight failing fast on a connection not yet back.
+const outageStragglers = time.Second
+
+// outageRetry is how long a sync job that fails while SpiceDB is out of
+// reach waits before its next attempt (Syncer.retryAt).
+const outageRetry = time.Minute
+
+func (h *Healer) rescheduleLogged(ctx context.Context) {
+	if _, err := h.reschedule(ctx); err != nil && ctx.Err() == nil {
+		h.syncer.Logger.WarnContext(ctx, "error rescheduling sync jobs after an outage", "error", err)
 	}
 }
 

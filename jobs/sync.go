@@ -244,7 +244,7 @@ type ConnectionWorker struct {
 }
 
 func (w *ConnectionWorker) NextRetry(job *river.Job[SyncConnectionArgs]) time.Time {
-	return time.Now().Add(Backoff(job.Attempt, w.MaxBackoff))
+	return w.retryAt(job.Attempt)
 }
 
 func (w *ConnectionWorker) Work(ctx context.Context, job *river.Job[SyncConnectionArgs]) error {
@@ -279,7 +279,21 @@ type PoolWorker struct {
 }
 
 func (w *PoolWorker) NextRetry(job *river.Job[SyncPoolArgs]) time.Time {
-	return time.Now().Add(Backoff(job.Attempt, w.MaxBackoff))
+	return w.retryAt(job.Attempt)
+}
+
+// retryAt is when a sync job that failed its attempt runs again: after its
+// backoff, or — while this process's healer waits for SpiceDB to answer
+// again — after outageRetry. The healer makes every waiting job available
+// the moment SpiceDB answers (and a process starting does too), so retries
+// on the backoff meanwhile only churn river_job and sync_state: a 60 s
+// outage left 115,000 dead river_job rows behind 6,000 jobs, and the drain
+// after it ran at half the speed of the same backlog on clean tables.
+func (s *Syncer) retryAt(attempt int) time.Time {
+	if s.healer != nil && s.healer.down.Load() {
+		return time.Now().Add(outageRetry)
+	}
+	return time.Now().Add(Backoff(attempt, s.MaxBackoff))
 }
 
 func (w *PoolWorker) Work(ctx context.Context, job *river.Job[SyncPoolArgs]) error {
