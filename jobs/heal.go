@@ -100,8 +100,9 @@ type Healer struct {
 	wg       sync.WaitGroup
 	started  bool
 	lastWarn map[string]bool // warnings logged once per process
-	// down: a write found SpiceDB out of reach and the probe has not seen
-	// it answer since (see Syncer.retryAt).
+	// down: the outage loop's probe found SpiceDB out of reach and has not
+	// seen it answer since (see Syncer.retryAt). A failed write alone does
+	// not set it: SpiceDB may answer and the write have failed on its own.
 	down atomic.Bool
 	// covered: every loss reported at or before it has been restored.
 	covered time.Time
@@ -131,7 +132,6 @@ func (s *Syncer) StartHealing(ctx context.Context) (stop func()) {
 	s.SpiceDB.SetHooks(&spicedb.Hooks{
 		StoreLost: h.RequestRestore,
 		Unreachable: func() {
-			h.down.Store(true)
 			select {
 			case h.outage <- struct{}{}:
 			default:
@@ -280,10 +280,10 @@ func (h *Healer) outageLoop(ctx context.Context) {
 			return
 		case <-h.outage:
 		}
-		if !h.waitForSpiceDB(ctx) {
+		answered, wasDown := h.waitForSpiceDB(ctx)
+		if !answered {
 			return
 		}
-		h.down.Store(false)
 		recent = slices.DeleteFunc(recent, func(t time.Time) bool { return time.Since(t) > 30*time.Second })
 		if n := len(recent); n >= 3 {
 			spacing := min(time.Second<<min(n-3, 10), h.syncer.MaxBackoff)
@@ -295,15 +295,16 @@ func (h *Healer) outageLoop(ctx context.Context) {
 		}
 		recent = append(recent, time.Now())
 		h.rescheduleLogged(ctx)
-		if len(recent) == 1 {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(outageStragglers):
-			}
-			if !h.down.Load() {
-				h.rescheduleLogged(ctx)
-			}
+		if !wasDown {
+			continue // no job waited outageRetry
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(outageStragglers):
+		}
+		if !h.down.Load() { // else the next probe's success reschedules
+			h.rescheduleLogged(ctx)
 		}
 	}
 }
@@ -323,18 +324,23 @@ func (h *Healer) rescheduleLogged(ctx context.Context) {
 	}
 }
 
-// waitForSpiceDB probes SpiceDB every 100 ms until it answers.
-func (h *Healer) waitForSpiceDB(ctx context.Context) bool {
+// waitForSpiceDB probes SpiceDB every 100 ms until it answers (answered
+// is false only when ctx ends first); while it does not, the healer is
+// down. wasDown says a probe failed.
+func (h *Healer) waitForSpiceDB(ctx context.Context) (answered, wasDown bool) {
 	for {
 		probeCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		_, err := h.syncer.SpiceDB.CheckSchema(probeCtx)
 		cancel()
 		if err == nil {
-			return true
+			h.down.Store(false)
+			return true, wasDown
 		}
+		h.down.Store(true)
+		wasDown = true
 		select {
 		case <-ctx.Done():
-			return false
+			return false, wasDown
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

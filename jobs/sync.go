@@ -283,8 +283,8 @@ func (w *PoolWorker) NextRetry(job *river.Job[SyncPoolArgs]) time.Time {
 }
 
 // retryAt is when a sync job that failed its attempt runs again: after its
-// backoff, or — while this process's healer waits for SpiceDB to answer
-// again — after outageRetry. The healer makes every waiting job available
+// backoff, or — while this process's healer probes SpiceDB and finds it out
+// of reach — after outageRetry. The healer makes every waiting job available
 // the moment SpiceDB answers (and a process starting does too), so retries
 // on the backoff meanwhile only churn river_job and sync_state: a 60 s
 // outage left 115,000 dead river_job rows behind 6,000 jobs, and the drain

@@ -7,6 +7,12 @@
 -- each table, index-only after a vacuum, instead of sorting the whole view on
 -- every run (4.7 s for 1,000,000 connections against 0.5 s paged). They
 -- follow desired_relationships, one per branch.
+--
+-- Not CONCURRENTLY, although a plain build holds off writes to each table for
+-- its length: a second `tether migrate up` waiting on the migration lock
+-- holds a snapshot that CREATE INDEX CONCURRENTLY waits for, and the two
+-- deadlock (TestMigrateUpConcurrently); so would any long transaction, a
+-- reconcile's snapshot among them.
 CREATE INDEX oauth2_connections_reconcile_idx
     ON oauth2_connections (provider_id COLLATE "C", tether_subject_id(user_id) COLLATE "C")
     INCLUDE (user_id) WHERE status = 'connected';
