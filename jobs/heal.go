@@ -130,13 +130,8 @@ func (s *Syncer) StartHealing(ctx context.Context) (stop func()) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	h.stop = cancel
 	s.SpiceDB.SetHooks(&spicedb.Hooks{
-		StoreLost: h.RequestRestore,
-		Unreachable: func() {
-			select {
-			case h.outage <- struct{}{}:
-			default:
-			}
-		},
+		StoreLost:   h.RequestRestore,
+		Unreachable: h.signalOutage,
 	})
 	for _, loop := range []func(context.Context){h.restoreLoop, h.outageLoop, h.watchLoop} {
 		h.wg.Add(1)
@@ -148,7 +143,7 @@ func (s *Syncer) StartHealing(ctx context.Context) (stop func()) {
 	// A process starting reschedules too, once SpiceDB answers: jobs that
 	// failed during an outage wait outageRetry, and the processes whose
 	// healers would have rescheduled them may be gone.
-	h.outage <- struct{}{}
+	h.signalOutage()
 	return func() {
 		s.SpiceDB.SetHooks(nil)
 		cancel()
@@ -262,16 +257,26 @@ func (h *Healer) restoredSince(t time.Time) bool {
 	return !h.covered.Before(t)
 }
 
-// outageLoop waits for a write that could not reach SpiceDB, then probes
-// until SpiceDB answers and makes every sync job waiting out a retry backoff
-// available at once: the backlog drains at the speed of the workers, not of
-// each job's backoff. A second reschedule a moment later catches the jobs
-// that failed as SpiceDB came back, whose failure River recorded after the
-// first (they wait outageRetry otherwise). A SpiceDB that answers probes
-// but keeps failing writes would turn this into a busy loop (every
-// reschedule runs every waiting job once more), so after three reschedules
-// within 30 s the next ones are spaced out, 1 s doubling to the retry
-// backoff's cap.
+// signalOutage wakes the outage loop. Signals coalesce and never block: a
+// write failing while the loop probes (or the engine starting while it
+// does) must not wait for SpiceDB to return.
+func (h *Healer) signalOutage() {
+	select {
+	case h.outage <- struct{}{}:
+	default:
+	}
+}
+
+// outageLoop waits for a write that could not reach SpiceDB (or the process
+// to start: see StartHealing), then probes until SpiceDB answers and makes
+// every sync job waiting out a retry backoff available at once: the backlog
+// drains at the speed of the workers, not of each job's backoff. A second
+// reschedule a moment later catches the jobs that failed as SpiceDB came
+// back, whose failure River recorded after the first (they wait outageRetry
+// otherwise). A SpiceDB that answers probes but keeps failing writes would
+// turn this into a busy loop (every reschedule runs every waiting job once
+// more), so after three reschedules within 30 s the next ones are spaced
+// out, 1 s doubling to the retry backoff's cap.
 func (h *Healer) outageLoop(ctx context.Context) {
 	var recent []time.Time // reschedules in the last 30 s
 	for {

@@ -295,12 +295,11 @@ func vmHWM(pid int) (float64, bool) {
 // the last commit. No SpiceDB runs: what is left is Postgres maintaining
 // the table's indexes.
 func postgresOwnCopy(ctx context.Context, b *bench, rels []spicedb.Relationship) (time.Duration, error) {
-	proc, err := b.spicedb(ctx)
+	_, uri, err := b.spicedbDatabase(ctx)
 	if err != nil {
 		return 0, err
 	}
-	proc.stop() // only its migrated database is wanted
-	pool, err := pgxpool.New(ctx, proc.dbURL)
+	pool, err := pgxpool.New(ctx, uri)
 	if err != nil {
 		return 0, err
 	}

@@ -116,6 +116,22 @@ func (b *bench) database(ctx context.Context, migrate bool) (string, error) {
 	return u, nil
 }
 
+// spicedbDatabase creates a database and migrates it as SpiceDB's
+// datastore; it returns SpiceDB's binary and the database's URL.
+func (b *bench) spicedbDatabase(ctx context.Context) (bin, uri string, err error) {
+	if bin, err = devstack.SpiceDBBin(); err != nil {
+		return "", "", err
+	}
+	if uri, err = b.database(ctx, false); err != nil {
+		return "", "", err
+	}
+	if out, err := exec.CommandContext(ctx, bin, "datastore", "migrate", "head", "--skip-release-check",
+		"--datastore-engine", "postgres", "--datastore-conn-uri", uri).CombinedOutput(); err != nil {
+		return "", "", fmt.Errorf("error migrating SpiceDB: %w\n%s", err, out)
+	}
+	return bin, uri, nil
+}
+
 // spiceProcess is a SpiceDB server on its own database.
 type spiceProcess struct {
 	bin, endpoint, token string
@@ -127,17 +143,9 @@ type spiceProcess struct {
 }
 
 func (b *bench) spicedb(ctx context.Context) (*spiceProcess, error) {
-	bin, err := devstack.SpiceDBBin()
+	bin, uri, err := b.spicedbDatabase(ctx)
 	if err != nil {
 		return nil, err
-	}
-	uri, err := b.database(ctx, false)
-	if err != nil {
-		return nil, err
-	}
-	if out, err := exec.CommandContext(ctx, bin, "datastore", "migrate", "head", "--skip-release-check",
-		"--datastore-engine", "postgres", "--datastore-conn-uri", uri).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("error migrating SpiceDB: %w\n%s", err, out)
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
